@@ -1,0 +1,260 @@
+"""TinyViT-5M image encoder (MobileSAM, Light HQ-SAM). Module names follow the official
+checkpoints (``mobile_sam.pt``, ``sam_hq_vit_tiny.pth``).
+
+Unlike the official code, attention biases are gathered at forward time, so results never
+depend on when ``.eval()`` was called (the official eval-mode cache is stale after loading).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import LayerNorm2d
+from .features import ImageFeatures
+
+
+class Conv2dBN(nn.Sequential):
+    """Conv2d (no bias) followed by BatchNorm2d; children named ``c`` and ``bn``."""
+
+    def __init__(
+        self,
+        in_chans: int,
+        out_chans: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bn_weight_init: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.add_module("c", nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=False))
+        bn = nn.BatchNorm2d(out_chans)
+        nn.init.constant_(bn.weight, bn_weight_init)
+        nn.init.zeros_(bn.bias)
+        self.add_module("bn", bn)
+
+
+class PatchEmbed(nn.Module):
+    """(B, 3, 1024, 1024) -> (B, C, 256, 256) with two stride-2 3x3 convolutions."""
+
+    def __init__(self, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(
+            Conv2dBN(in_chans, embed_dim // 2, 3, 2, 1),
+            nn.GELU(),
+            Conv2dBN(embed_dim // 2, embed_dim, 3, 2, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seq(x)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block on a (B, C, H, W) map."""
+
+    def __init__(self, chans: int, expand_ratio: float) -> None:
+        super().__init__()
+        hidden = int(chans * expand_ratio)
+        self.conv1 = Conv2dBN(chans, hidden)
+        self.conv2 = Conv2dBN(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.conv3 = Conv2dBN(hidden, chans, bn_weight_init=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.conv1(x))
+        y = F.gelu(self.conv2(y))
+        return F.gelu(self.conv3(y) + x)
+
+
+class PatchMerging(nn.Module):
+    """(B, C, H, W) map or (B, H*W, C) tokens -> (B, H'*W', C_out) tokens.
+
+    ``stride`` is 2 except for the last merge of TinyViT-5M (160 -> 320 channels), which keeps
+    the 64x64 grid.
+    """
+
+    def __init__(self, input_resolution: int, dim: int, out_dim: int, stride: int) -> None:
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.conv1 = Conv2dBN(dim, out_dim)
+        self.conv2 = Conv2dBN(out_dim, out_dim, 3, stride, 1, groups=out_dim)
+        self.conv3 = Conv2dBN(out_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            size = self.input_resolution
+            x = x.transpose(1, 2).reshape(x.shape[0], -1, size, size)
+        x = F.gelu(self.conv1(x))
+        x = F.gelu(self.conv2(x))
+        return self.conv3(x).flatten(2).transpose(1, 2)
+
+
+class ConvLayer(nn.Module):
+    """Stage 0: MBConv blocks on the 256x256 map, then a patch merge to tokens."""
+
+    def __init__(self, dim: int, depth: int, expand_ratio: float, downsample: PatchMerging | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class Mlp(nn.Module):
+    """Pre-norm feed-forward on (B, N, C) tokens."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+class Attention(nn.Module):
+    """Pre-norm window attention with a learned bias per (|dy|, |dx|) offset and head.
+
+    qkv is interleaved per head: the projection is viewed as (heads, [q | k | v]).
+    """
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, window: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * key_dim * num_heads)
+        self.proj = nn.Linear(key_dim * num_heads, dim)
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, window * window))
+        # Offset (dy, dx) has index |dy| * window + |dx|: the official first-seen order.
+        rows = torch.arange(window).repeat_interleave(window)
+        cols = torch.arange(window).repeat(window)
+        idxs = (rows[:, None] - rows[None, :]).abs() * window + (cols[:, None] - cols[None, :]).abs()
+        self.register_buffer("attention_bias_idxs", idxs, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, C) window tokens -> (B, N, C)."""
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(self.norm(x)).view(batch, tokens, self.num_heads, 3 * self.key_dim)
+        q, k, v = qkv.permute(0, 2, 1, 3).split(self.key_dim, dim=3)
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+class TinyViTBlock(nn.Module):
+    """Window attention, depthwise local conv and MLP on (B, H*W, C) tokens."""
+
+    def __init__(self, dim: int, input_resolution: int, num_heads: int, window_size: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.window_size = window_size
+        self.attn = Attention(dim, dim // num_heads, num_heads, window_size)
+        self.local_conv = Conv2dBN(dim, dim, 3, 1, 1, groups=dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, channels = x.shape
+        size, window = self.input_resolution, self.window_size
+        if size == window:
+            attended = self.attn(x)
+        else:
+            # Zero padding goes in before the attention's own LayerNorm, as in the official code.
+            pad = (window - size % window) % window
+            grid = F.pad(x.view(batch, size, size, channels), (0, 0, 0, pad, 0, pad))
+            padded = size + pad
+            count = padded // window
+            windows = grid.view(batch, count, window, count, window, channels).transpose(2, 3)
+            windows = self.attn(windows.reshape(-1, window * window, channels))
+            grid = windows.view(batch, count, count, window, window, channels).transpose(2, 3)
+            attended = grid.reshape(batch, padded, padded, channels)[:, :size, :size].reshape(batch, length, channels)
+        x = x + attended
+        x = self.local_conv(x.transpose(1, 2).reshape(batch, channels, size, size))
+        x = x.view(batch, channels, length).transpose(1, 2)
+        return x + self.mlp(x)
+
+
+class BasicLayer(nn.Module):
+    """Stages 1-3: TinyViT blocks, then an optional patch merge."""
+
+    def __init__(self, blocks: Sequence[TinyViTBlock], downsample: PatchMerging | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class TinyViT(nn.Module):
+    """TinyViT for SAM: (B, 3, 1024, 1024) -> :class:`ImageFeatures`.
+
+    ``interm`` holds one tensor: the stage-2 output after its patch merge, (B, 64, 64, 160)
+    for TinyViT-5M (Light HQ-SAM's early feature). ``norm_head``/``head`` are the unused
+    ImageNet classifier, kept so that the official files load strictly.
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int = 1024,
+        num_classes: int = 1000,
+        embed_dims: Sequence[int] = (64, 128, 160, 320),
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (2, 4, 5, 10),
+        window_sizes: Sequence[int] = (7, 7, 14, 7),
+        mlp_ratio: float = 4.0,
+        mbconv_expand_ratio: float = 4.0,
+        out_chans: int = 256,
+    ) -> None:
+        super().__init__()
+        self.patch_embed = PatchEmbed(3, embed_dims[0])
+        resolution = img_size // 4
+        # Each merge halves the grid except the last one (stage 2 -> 3), which keeps 64x64.
+        resolutions = [resolution, resolution // 2, resolution // 4, resolution // 4]
+        self.layers = nn.ModuleList()
+        for stage, dim in enumerate(embed_dims):
+            last = stage == len(embed_dims) - 1
+            downsample = None
+            if not last:
+                stride = resolutions[stage] // resolutions[stage + 1]
+                downsample = PatchMerging(resolutions[stage], dim, embed_dims[stage + 1], stride)
+            if stage == 0:
+                self.layers.append(ConvLayer(dim, depths[0], mbconv_expand_ratio, downsample))
+            else:
+                blocks = [
+                    TinyViTBlock(dim, resolutions[stage], num_heads[stage], window_sizes[stage], mlp_ratio)
+                    for _ in range(depths[stage])
+                ]
+                self.layers.append(BasicLayer(blocks, downsample))
+        self.norm_head = nn.LayerNorm(embed_dims[-1])
+        self.head = nn.Linear(embed_dims[-1], num_classes)
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+        self.grid = resolutions[-1]
+        self.early_stage = 1
+        self.early_feature_dim = embed_dims[self.early_stage + 1]
+
+    def forward(self, x: torch.Tensor) -> ImageFeatures:
+        x = self.patch_embed(x)
+        early = None
+        for stage, layer in enumerate(self.layers):
+            x = layer(x)
+            if stage == self.early_stage:
+                early = x.view(x.shape[0], self.grid, self.grid, -1)
+        batch = x.shape[0]
+        embedding = self.neck(x.view(batch, self.grid, self.grid, -1).permute(0, 3, 1, 2))
+        return ImageFeatures(embedding, (early,))

@@ -1,0 +1,264 @@
+"""`SamPredictor`: the official predictor's surface, plus validated batched prompts and HQ modes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .modeling.features import ImageFeatures
+from .modeling.mask_decoder import OutputMode
+from .modeling.sam import Sam
+from .transforms import ResizeLongestSide
+
+VALID_LABELS = (-1, 0, 1)
+
+
+def output_mode(multimask_output: bool, hq_token_only: bool | None, hq_output: str | None) -> OutputMode:
+    """Translate the official ``hq_token_only`` flag and our ``hq_output`` into one value."""
+    if hq_output is not None and hq_token_only is not None:
+        expected = "hq_only" if hq_token_only else "sum"
+        if hq_output != expected:
+            raise ValueError(f"hq_token_only={hq_token_only} contradicts hq_output={hq_output!r}; pass only one")
+    if hq_output is None and hq_token_only:
+        hq_output = "hq_only"
+    return OutputMode(multimask=bool(multimask_output), hq=hq_output)
+
+
+def _check_finite(name: str, values: np.ndarray) -> None:
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} contains NaN or infinite values; pass finite pixel coordinates")
+
+
+def validate_points(coords: np.ndarray, labels: np.ndarray, batched: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Check (N, 2) / (N,) points (or (P, N, 2) / (P, N) when ``batched``)."""
+    coords = np.asarray(coords, dtype=np.float64)
+    if labels is None:
+        raise ValueError("point_labels is required with point_coords (1 = foreground, 0 = background)")
+    labels = np.asarray(labels)
+    ndim = 3 if batched else 2
+    if coords.ndim != ndim or coords.shape[-1] != 2:
+        shape = "(P, N, 2)" if batched else "(N, 2)"
+        raise ValueError(f"point coordinates must have shape {shape} of (x, y) pixels, got {coords.shape}")
+    if labels.shape != coords.shape[:-1]:
+        raise ValueError(f"point labels shape {labels.shape} does not match the points {coords.shape[:-1]}")
+    _check_finite("point coordinates", coords)
+    if not np.isin(labels, VALID_LABELS).all():
+        bad = sorted(set(np.unique(labels).tolist()) - set(VALID_LABELS))
+        raise ValueError(f"point labels must be 1 (foreground), 0 (background) or -1 (ignore); got {bad}")
+    return coords, labels
+
+
+def validate_boxes(boxes: np.ndarray, batched: bool) -> np.ndarray:
+    """Check (4,) (or (P, 4)) xyxy boxes: finite, x1 >= x0, y1 >= y0."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if batched and (boxes.ndim != 2 or boxes.shape[-1] != 4):
+        raise ValueError(f"boxes must have shape (P, 4) as x0, y0, x1, y1 pixels, got {boxes.shape}")
+    if not batched:
+        if boxes.size != 4:
+            raise ValueError(f"box must have 4 values x0, y0, x1, y1 in pixels, got shape {boxes.shape}")
+        boxes = boxes.reshape(1, 4)
+    _check_finite("box coordinates", boxes)
+    flipped = np.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
+    if flipped.size:
+        raise ValueError(
+            f"box {boxes[flipped[0]].tolist()} has x1 < x0 or y1 < y0 (box index {int(flipped[0])}); "
+            "boxes are (x0, y0, x1, y1) with the top-left corner first"
+        )
+    return boxes
+
+
+class SamPredictor:
+    """Computes the image embedding once, then predicts masks for prompts on that image.
+
+    Drop-in for ``segment_anything.SamPredictor`` (and ``segment_anything_hq``'s, with
+    ``hq_token_only``). Prompts are in pixel coordinates of the original image.
+    """
+
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_size)
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # --- image ---------------------------------------------------------------------------------
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Compute the embedding of an (H, W, 3) uint8 image in ``image_format`` ("RGB" or "BGR")."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"set_image expects an (H, W, 3) uint8 array, got shape {image.shape} dtype {image.dtype}; "
+                "convert greyscale/RGBA images to RGB first (e.g. PIL's .convert('RGB'))"
+            )
+        if image_format != self.model.image_format:
+            image = image[..., ::-1]
+        resized = self.transform.apply_image(np.ascontiguousarray(image))
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        self.set_torch_image(tensor, image.shape[:2])
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """(1, 3, h, w) image already resized so that max(h, w) = 1024, values 0..255."""
+        size = self.model.image_size
+        if transformed_image.ndim != 4 or transformed_image.shape[1] != 3 or max(transformed_image.shape[2:]) != size:
+            raise ValueError(f"set_torch_image expects (1, 3, h, w) with max(h, w) == {size}, got {tuple(transformed_image.shape)}")
+        self.reset_image()
+        self.original_size = tuple(int(v) for v in original_image_size)
+        self.input_size = tuple(int(v) for v in transformed_image.shape[-2:])
+        self.image_features = self.model.encode_image(transformed_image)
+        self.is_image_set = True
+
+    def set_features(self, features: ImageFeatures, original_size: tuple[int, int]) -> None:
+        """Reuse features computed earlier (e.g. from a cache) for an image of ``original_size``."""
+        self.reset_image()
+        self.original_size = tuple(int(v) for v in original_size)
+        self.input_size = self.transform.get_preprocess_shape(*self.original_size)
+        self.image_features = features.to(self.device)
+        self.is_image_set = True
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.image_features: ImageFeatures | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        """(1, 256, 64, 64) image embedding, as the official predictor's ``features``."""
+        return None if self.image_features is None else self.image_features.embedding
+
+    @property
+    def interm_features(self) -> list[torch.Tensor] | None:
+        """Intermediate encoder features, as ``segment_anything_hq``'s predictor."""
+        return None if self.image_features is None else list(self.image_features.interm)
+
+    def get_image_embedding(self) -> torch.Tensor:
+        self._require_image()
+        return self.features
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+
+    # --- prompts -------------------------------------------------------------------------------
+    def _mask_tensor(self, mask_input: np.ndarray | None, batch: int | None) -> torch.Tensor | None:
+        if mask_input is None:
+            return None
+        mask = torch.as_tensor(np.asarray(mask_input), dtype=torch.float32, device=self.device)
+        if mask.ndim == 3:
+            mask = mask[None]
+        if mask.ndim != 4 or mask.shape[1:] != (1, 256, 256) or (batch is not None and mask.shape[0] not in (1, batch)):
+            raise ValueError(
+                f"mask_input must be (1, 256, 256) low-res logits (or (P, 1, 256, 256) for a batch), got {tuple(mask.shape)}; "
+                "pass the low_res_logits returned by an earlier predict"
+            )
+        return mask
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        hq_token_only: bool | None = None,
+        hq_output: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for one set of prompts.
+
+        point_coords: (N, 2) (x, y) pixels; point_labels: (N,) 1 fg / 0 bg; box: (4,) xyxy pixels;
+        mask_input: (1, 256, 256) low-res logits from an earlier call.
+        Returns masks (K, H, W) bool (float logits with ``return_logits``), scores (K,), low-res
+        logits (K, 256, 256). K = 3 with ``multimask_output`` for SAM, 1 otherwise (HQ: see
+        :class:`~finesam.modeling.mask_decoder.OutputMode`).
+        """
+        self._require_image()
+        coords = labels = boxes = None
+        if point_coords is not None:
+            points, point_labels = validate_points(point_coords, point_labels, batched=False)
+            coords = torch.as_tensor(self.transform.apply_coords(points, self.original_size), dtype=torch.float32, device=self.device)[None]
+            labels = torch.as_tensor(point_labels, dtype=torch.int64, device=self.device)[None]
+        if box is not None:
+            box_np = self.transform.apply_boxes(validate_boxes(box, batched=False), self.original_size)
+            boxes = torch.as_tensor(box_np, dtype=torch.float32, device=self.device)
+        masks, scores, low_res = self.predict_torch(
+            coords, labels, boxes, self._mask_tensor(mask_input, 1), multimask_output, return_logits,
+            hq_token_only=hq_token_only, hq_output=hq_output,
+        )
+        return masks[0].cpu().numpy(), scores[0].cpu().numpy(), low_res[0].cpu().numpy()
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        hq_token_only: bool | None = None,
+        hq_output: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompts already in the model's 1024 frame (``predictor.transform``), batched over B.
+
+        point_coords: (B, N, 2); point_labels: (B, N); boxes: (B, 4); mask_input: (B, 1, 256, 256).
+        Returns masks (B, K, H, W), scores (B, K), low-res logits (B, K, 256, 256).
+        """
+        self._require_image()
+        if point_coords is not None and point_labels is None:
+            raise ValueError("point_labels is required with point_coords")
+        points = (point_coords, point_labels) if point_coords is not None else None
+        mode = output_mode(multimask_output, hq_token_only, hq_output)
+        low_res, scores = self.model.decode(self.image_features, points, boxes, mask_input, mode)
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, scores, low_res
+
+    def predict_batch(
+        self,
+        boxes: np.ndarray | None = None,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = False,
+        return_logits: bool = False,
+        hq_token_only: bool | None = None,
+        hq_output: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """P prompts on the current image in one decoder pass (one object per prompt).
+
+        boxes: (P, 4) xyxy pixels; points: (P, N, 2) (x, y) pixels with point_labels (P, N);
+        both may be given (P must agree); mask_input: (P, 1, 256, 256) logits.
+        Returns masks (P, K, H, W), scores (P, K), low-res logits (P, K, 256, 256), never squeezed.
+        """
+        self._require_image()
+        if boxes is None and points is None:
+            raise ValueError("predict_batch needs boxes=(P, 4) and/or points=(P, N, 2)")
+        coords = labels = box_t = None
+        count = None
+        if boxes is not None:
+            boxes_np = validate_boxes(boxes, batched=True)
+            count = len(boxes_np)
+            box_t = torch.as_tensor(self.transform.apply_boxes(boxes_np, self.original_size), dtype=torch.float32, device=self.device)
+        if points is not None:
+            points_np, labels_np = validate_points(points, point_labels, batched=True)
+            if count is not None and len(points_np) != count:
+                raise ValueError(f"{len(points_np)} point sets for {count} boxes: P must agree")
+            count = len(points_np)
+            coords = torch.as_tensor(self.transform.apply_coords(points_np, self.original_size), dtype=torch.float32, device=self.device)
+            labels = torch.as_tensor(labels_np, dtype=torch.int64, device=self.device)
+        if count == 0:
+            raise ValueError("predict_batch got zero prompts")
+        masks, scores, low_res = self.predict_torch(
+            coords, labels, box_t, self._mask_tensor(mask_input, count), multimask_output, return_logits,
+            hq_token_only=hq_token_only, hq_output=hq_output,
+        )
+        return masks.cpu().numpy(), scores.cpu().numpy(), low_res.cpu().numpy()

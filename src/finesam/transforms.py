@@ -1,0 +1,58 @@
+"""Resizing of images and prompts to the model's 1024 frame (the official ResizeLongestSide)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """Size after scaling the longest side to ``long_side`` (rounded as the official code)."""
+    scale = long_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+class ResizeLongestSide:
+    """Scales images, coordinates and boxes so that the longest side is ``target_length``.
+
+    Images are resized with PIL (bilinear with antialiasing), as the official predictor does,
+    so that the numbers match.
+    """
+
+    def __init__(self, target_length: int = 1024) -> None:
+        self.target_length = target_length
+
+    def get_preprocess_shape(self, height: int, width: int, long_side: int | None = None) -> tuple[int, int]:
+        return preprocess_shape(height, width, long_side or self.target_length)
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> (h, w, 3) uint8."""
+        height, width = self.get_preprocess_shape(*image.shape[:2])
+        return np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+        """(..., 2) (x, y) pixels of the original image -> the resized frame (float)."""
+        height, width = self.get_preprocess_shape(*original_size)
+        coords = np.array(coords, dtype=float, copy=True)
+        coords[..., 0] *= width / original_size[1]
+        coords[..., 1] *= height / original_size[0]
+        return coords
+
+    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+        """(..., 4) xyxy boxes -> the resized frame."""
+        return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float -> resized with antialiased bilinear interpolation (not PIL-exact)."""
+        height, width = self.get_preprocess_shape(*image.shape[-2:])
+        return F.interpolate(image, (height, width), mode="bilinear", align_corners=False, antialias=True)
+
+    def apply_coords_torch(self, coords: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        height, width = self.get_preprocess_shape(*original_size)
+        scale = coords.new_tensor([width / original_size[1], height / original_size[0]], dtype=torch.float32)
+        return coords.to(torch.float32) * scale
+
+    def apply_boxes_torch(self, boxes: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)

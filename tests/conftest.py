@@ -1,0 +1,60 @@
+"""Shared fixtures: real images from ../shared/data and official-format random checkpoints."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+# The official packages (test oracles only) emit import-time noise.
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module="timm")
+os.environ.setdefault("FINESAM_OFFLINE", "1")  # never try to download in tests
+torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def data_path(*parts: str) -> Path:
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"test data {path} is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_image() -> np.ndarray:
+    """A real, non-square RGB photograph (ECSSD 0001, 400x300)."""
+    image = np.asarray(Image.open(data_path("ecssd", "im", "0001.jpg")).convert("RGB"))
+    assert image.shape[0] != image.shape[1]
+    return image
+
+
+def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.02) -> torch.nn.Module:
+    """Perturb every float parameter and buffer with seeded noise, so that zero-initialised
+    tensors (relative positions, position embeddings, biases) matter in a comparison."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            if not tensor.is_floating_point():
+                continue
+            noise = torch.randn(tensor.shape, generator=generator) * scale
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            elif "positional_encoding_gaussian_matrix" in name or name.endswith(("pixel_mean", "pixel_std")):
+                continue
+            else:
+                tensor.add_(noise.to(tensor.dtype))
+    return module
+
+
+def save_state(model: torch.nn.Module, path: Path) -> Path:
+    """Save as the official files are: a flat state dict (persistent entries only)."""
+    torch.save(model.state_dict(), path)
+    return path
