@@ -41,12 +41,17 @@ def assert_outputs_close(name: str, ours: tuple, official: tuple) -> dict:
     return stats
 
 
-def compare_predictors(ours, official, image: np.ndarray, **extra) -> dict:
-    """Run every prompt case on both predictors (image already set) and compare."""
+def compare_predictors(ours, official, image: np.ndarray, multimask_output: bool | None = None, **extra) -> dict:
+    """Run every prompt case on both predictors (image already set) and compare.
+
+    ``multimask_output`` overrides each case's own setting; ``extra`` goes to both predictors.
+    """
     results = {}
     previous = {}
     for name, case in prompt_cases(image):
         kwargs = dict(case)
+        if multimask_output is not None:
+            kwargs["multimask_output"] = multimask_output
         if kwargs.pop("use_previous_mask", False):
             kwargs["mask_input"] = previous["official"]
         out = ours.predict(**kwargs, return_logits=True, **extra)

@@ -1,0 +1,150 @@
+"""Loading: official files strictly, clear refusals for the wrong file, safe formats."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import pytest
+import torch
+
+import finesam
+from finesam.checkpoints import REGISTRY, CheckpointError, CheckpointNotFoundError
+
+
+@pytest.fixture(scope="module")
+def tiny_states():
+    torch.manual_seed(0)
+    return {name: REGISTRY[name].build().state_dict() for name in ("mobile_sam", "hq_vit_tiny")}
+
+
+def test_official_key_sets_load_strictly(tmp_path, tiny_states):
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(tiny_states["mobile_sam"], path)
+    model = finesam.load("mobile_sam", path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, tiny_states["mobile_sam"][key]), key
+    assert not model.training
+
+
+def test_plain_sam_file_refused_for_hq_model(tmp_path, tiny_states):
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(tiny_states["mobile_sam"], path)
+    with pytest.raises(CheckpointError) as error:
+        finesam.load("hq_vit_tiny", path)
+    message = str(error.value)
+    assert "MobileSAM" in message and "mask_decoder.hf_token.weight" in message and "missing keys" in message
+
+
+def test_init_missing_hq_initialises_and_says_which(tmp_path, tiny_states):
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(tiny_states["mobile_sam"], path)
+    with pytest.warns(UserWarning, match="hf_token.weight") as record:
+        model = finesam.load("hq_vit_tiny", path, init_missing="hq")
+    assert "25 HQ keys" in str(record[0].message)
+    state = model.state_dict()
+    assert torch.equal(state["mask_decoder.iou_token.weight"], tiny_states["mobile_sam"]["mask_decoder.iou_token.weight"])
+    with pytest.raises(ValueError, match="only valid"):
+        finesam.load("mobile_sam", path, init_missing="hq")
+
+
+def test_hq_file_refused_for_sam_model(tmp_path, tiny_states):
+    path = tmp_path / "sam_hq_vit_tiny.pth"
+    torch.save(tiny_states["hq_vit_tiny"], path)
+    with pytest.raises(CheckpointError, match=r"Light HQ-SAM \(hq_vit_tiny\)[\s\S]*unexpected keys: mask_decoder.hf_token"):
+        finesam.load("mobile_sam", path)
+
+
+def test_other_backbone_refused_with_its_name(tmp_path, tiny_states):
+    # A ViT-L file for a ViT-B model: the message names ViT-L and lists mismatched shapes.
+    state = REGISTRY["sam_vit_l"].build().state_dict()
+    path = tmp_path / "sam_vit_l.pth"
+    torch.save(state, path)
+    del state
+    with pytest.raises(CheckpointError) as error:
+        finesam.load("sam_vit_b", path)
+    message = str(error.value)
+    assert "SAM ViT-L (sam_vit_l)" in message
+    assert "image_encoder.pos_embed: file (1, 64, 64, 1024) vs model (1, 64, 64, 768)" in message
+    # MobileSAM weights for a ViT model.
+    mobile = tmp_path / "mobile_sam.pt"
+    torch.save(tiny_states["mobile_sam"], mobile)
+    with pytest.raises(CheckpointError, match=r"MobileSAM \(mobile_sam\)"):
+        finesam.load("sam_vit_b", mobile)
+
+
+def test_incomplete_state_dict_names_missing_key(tmp_path, tiny_states):
+    state = dict(tiny_states["mobile_sam"])
+    del state["mask_decoder.iou_prediction_head.layers.2.bias"]
+    path = tmp_path / "partial.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="missing keys: mask_decoder.iou_prediction_head.layers.2.bias"):
+        finesam.load("mobile_sam", path)
+
+
+def test_truncated_file_says_so(tmp_path, tiny_states):
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(tiny_states["mobile_sam"], path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="damaged or truncated"):
+        finesam.load("mobile_sam", path)
+
+
+def test_pickled_objects_are_not_executed(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"x": Payload()}, handle)
+    with pytest.raises(CheckpointError):
+        finesam.load("mobile_sam", path)
+
+
+def test_safetensors_accepted(tmp_path, tiny_states):
+    safetensors = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "mobile_sam.safetensors"
+    safetensors.save_file({k: v.contiguous() for k, v in tiny_states["mobile_sam"].items()}, str(path))
+    model = finesam.load("mobile_sam", path)
+    assert torch.equal(model.state_dict()["image_encoder.neck.0.weight"], tiny_states["mobile_sam"]["image_encoder.neck.0.weight"])
+
+
+def test_missing_checkpoint_says_what_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINESAM_CHECKPOINTS", str(tmp_path / "ckpts"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(CheckpointNotFoundError) as error:
+        finesam.load("mobile_sam", download=False)
+    message = str(error.value)
+    assert "mobile_sam.pt" in message and "https://github.com/ChaoningZhang/MobileSAM" in message
+    assert str(tmp_path / "home" / ".cache" / "finesam" / "mobile_sam.pt") in message
+
+
+def test_checkpoint_found_in_env_dir(tmp_path, monkeypatch, tiny_states):
+    directory = tmp_path / "ckpts"
+    directory.mkdir()
+    torch.save(tiny_states["mobile_sam"], directory / "mobile_sam.pt")
+    monkeypatch.setenv("FINESAM_CHECKPOINTS", str(directory))
+    model = finesam.load("mobile_sam", download=False)
+    assert torch.equal(model.state_dict()["image_encoder.neck.0.weight"], tiny_states["mobile_sam"]["image_encoder.neck.0.weight"])
+
+
+def test_unknown_model_name_lists_known_ones():
+    with pytest.raises(KeyError, match="sam_vit_b"):
+        finesam.load("sam_vit_x", random_weights=True)
+
+
+def test_official_registry_keys_build_models():
+    assert set(finesam.sam_model_registry) == {"default", "vit_h", "vit_l", "vit_b", "vit_t"}
+    model = finesam.sam_model_registry["vit_t"]()
+    assert isinstance(model, finesam.Sam) and not model.training
+
+
+def test_bfloat16_encoder_keeps_float32_outputs():
+    model = finesam.load("mobile_sam", random_weights=True, dtype=torch.bfloat16)
+    assert next(model.image_encoder.parameters()).dtype == torch.bfloat16
+    assert next(model.mask_decoder.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        features = model.encode_image(torch.rand(1, 3, 1024, 768) * 255)
+    assert features.embedding.dtype == torch.float32 and features.embedding.shape == (1, 256, 64, 64)
