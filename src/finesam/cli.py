@@ -1,0 +1,117 @@
+"""Command line: ``finesam segment IMAGE --model NAME (--box ... | --point ...) --out mask.png``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .checkpoints import REGISTRY, CheckpointError, CheckpointNotFoundError, load
+from .image_io import ImageReadError, overlay, read_image, save_mask
+from .modeling.mask_decoder import HQ_OUTPUTS
+from .predictor import SamPredictor
+
+RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: these masks are meaningless (pipeline check only)"
+EXIT_USAGE = 2
+
+
+@dataclass
+class Prompts:
+    """Prompts in original-image pixels: boxes (x0, y0, x1, y1) and labelled points."""
+
+    boxes: list[list[float]] = field(default_factory=list)
+    points: list[list[float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+
+def segment(predictor: SamPredictor, prompts: Prompts, multimask: bool = False, hq_output: str | None = None) -> list[np.ndarray]:
+    """One (H, W) bool mask per object: per box (points apply to a single box), or one from the points.
+
+    With ``multimask`` the candidate with the best predicted score is kept.
+    """
+    points = np.array(prompts.points, dtype=float) if prompts.points else None
+    labels = np.array(prompts.labels) if prompts.labels else None
+    if len(prompts.boxes) > 1:
+        if points is not None:
+            raise ValueError("points can be combined with a single box only")
+        masks, scores, _ = predictor.predict_batch(boxes=np.array(prompts.boxes), multimask_output=multimask, hq_output=hq_output)
+        return [m[int(np.argmax(s))] for m, s in zip(masks, scores)]
+    box = np.array(prompts.boxes[0]) if prompts.boxes else None
+    masks, scores, _ = predictor.predict(points, labels, box, multimask_output=multimask, hq_output=hq_output)
+    return [masks[int(np.argmax(scores))]]
+
+
+def write_outputs(
+    image: np.ndarray, masks: list[np.ndarray], prompts: Prompts, mask_path: Path, overlay_path: Path | None, banner: str | None
+) -> None:
+    """Union of the masks as a 0/255 PNG; an overlay with one colour per object if asked."""
+    save_mask(np.logical_or.reduce(masks), mask_path)
+    if overlay_path is not None:
+        overlay_path.parent.mkdir(parents=True, exist_ok=True)
+        overlay(image, masks, prompts.boxes, prompts.points, prompts.labels, banner).save(overlay_path)
+
+
+def load_model(name: str, checkpoint: str | None, random_weights: bool, device: str = "cpu"):
+    """Load a model for the command line; random weights are seeded so runs are repeatable."""
+    if random_weights:
+        if checkpoint:
+            raise ValueError("--random-weights and --checkpoint exclude each other")
+        torch.manual_seed(0)
+        print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
+    return load(name, checkpoint, random_weights=random_weights, device=device)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finesam", description="High-quality promptable segmentation.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    seg = commands.add_parser("segment", help="segment an object in an image from a box and/or clicks")
+    seg.add_argument("image", help="input image (PNG, JPEG, BMP, ...)")
+    seg.add_argument("--model", default="hq_vit_tiny", choices=sorted(REGISTRY), help="model name (default hq_vit_tiny)")
+    seg.add_argument("--checkpoint", help="weights file (default: $FINESAM_CHECKPOINTS or ~/.cache/finesam, else download)")
+    seg.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
+                     help="object box in pixels; repeat for several objects")
+    seg.add_argument("--point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="foreground click")
+    seg.add_argument("--negative", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="background click")
+    seg.add_argument("--multimask", action="store_true", help="predict 3 candidates and keep the best scored")
+    seg.add_argument("--hq-output", choices=HQ_OUTPUTS, help="HQ models: which logits to use (default sum)")
+    seg.add_argument("--out", required=True, help="output mask PNG (0/255)")
+    seg.add_argument("--overlay", help="output overlay PNG")
+    seg.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    seg.add_argument("--random-weights", action="store_true", help="seeded random weights: checks the pipeline, masks are meaningless")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.box and not args.point:
+        print("finesam segment: give at least one --box X0 Y0 X1 Y1 or one --point X Y", file=sys.stderr)
+        return EXIT_USAGE
+    prompts = Prompts(
+        boxes=args.box or [],
+        points=args.point + args.negative,
+        labels=[1] * len(args.point) + [0] * len(args.negative),
+    )
+    try:
+        image = read_image(args.image)
+        model = load_model(args.model, args.checkpoint, args.random_weights, args.device)
+        predictor = SamPredictor(model)
+        predictor.set_image(image)
+        masks = segment(predictor, prompts, args.multimask, args.hq_output)
+    except (CheckpointNotFoundError, CheckpointError, ImageReadError, ValueError) as error:
+        print(f"finesam segment: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    banner = RANDOM_WEIGHTS_WARNING if args.random_weights else None
+    write_outputs(image, masks, prompts, Path(args.out), Path(args.overlay) if args.overlay else None, banner)
+    print(f"wrote {args.out}" + (f" and {args.overlay}" if args.overlay else "") + f" ({int(np.logical_or.reduce(masks).sum())} mask pixels)")
+    if banner:
+        print(f"WARNING: {banner}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

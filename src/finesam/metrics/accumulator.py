@@ -1,0 +1,130 @@
+"""``MaskMetrics``: accumulate every mask measure over a data set."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._inputs import prepare
+from .hce import _hce
+from .region import _boundary_iou_binary, _iou_binary, _mba_binary
+from .sod import (
+    _adaptive_emeasure,
+    _adaptive_fmeasure,
+    _emeasure_curve,
+    _fmeasure_curve,
+    _mae,
+    _s_measure,
+    _weighted_fmeasure,
+)
+
+#: keys of :meth:`MaskMetrics.compute`, in order
+METRIC_KEYS = (
+    "iou", "biou", "mba",
+    "max_f", "mean_f", "adp_f", "weighted_f", "mae", "s_measure",
+    "max_e", "mean_e", "adp_e", "hce",
+)  # fmt: skip
+
+# per-image scalars that are averaged over images
+_PER_IMAGE = ("iou", "biou", "mba", "adp_f", "weighted_f", "mae", "s_measure", "adp_e", "hce")
+
+
+class MaskMetrics:
+    """Accumulates mask-quality measures over images; :meth:`compute` gives data-set scores.
+
+    ``update(pred, gt, ignore=None)`` per image, then ``compute()``:
+
+    - ``iou``, ``biou``, ``mba``: mean over images of the per-image IoU, boundary IoU
+      (``dilation_ratio``) and mBA (see :mod:`finesam.metrics.region`), as HQ-SAM reports
+      mIoU / mBIoU and CascadePSP reports mBA;
+    - ``max_f``, ``mean_f``: max and mean over the 256 thresholds of the F-measure curve
+      (``beta2``) averaged over images (the max of the mean curve, not the mean of the
+      per-image maxima), as PySODMetrics; ``max_e``, ``mean_e`` likewise for the E-measure;
+    - ``adp_f``, ``adp_e``, ``weighted_f``, ``mae``, ``s_measure`` (``alpha``), ``hce``
+      (``relax``, ``epsilon``): mean over images of the per-image values.
+
+    Inputs: ``pred`` bool, uint8 0..255 or float in [0, 1]; ``gt`` bool or uint8 (foreground
+    ``> 128``); ``ignore`` optional bool mask of pixels not scored; all 2-D of one shape.
+    How each measure treats ignored pixels is documented in :mod:`finesam.metrics`.
+    """
+
+    def __init__(
+        self,
+        *,
+        dilation_ratio: float = 0.02,
+        beta2: float = 0.3,
+        weighted_beta2: float = 1.0,
+        alpha: float = 0.5,
+        relax: int = 5,
+        epsilon: float = 2.0,
+    ):
+        self.dilation_ratio = dilation_ratio
+        self.beta2 = beta2
+        self.weighted_beta2 = weighted_beta2
+        self.alpha = alpha
+        self.relax = relax
+        self.epsilon = epsilon
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every image."""
+        self._values: dict[str, list[float]] = {k: [] for k in _PER_IMAGE}
+        self._f_curves: list[np.ndarray] = []
+        self._e_curves: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self._f_curves)
+
+    def update(self, pred, gt, ignore=None) -> dict[str, float]:
+        """Score one image; returns its per-image values.
+
+        The returned dict has the keys of :meth:`compute`, where ``max_f``/``mean_f``/
+        ``max_e``/``mean_e`` are the max/mean of this image's own curves.
+        Raises ``ValueError`` on bad input (shape, dtype, range), recording nothing.
+        """
+        prep = prepare(pred, gt, ignore)
+        f_curve = _fmeasure_curve(prep, self.beta2)
+        e_curve = _emeasure_curve(prep)
+        values = {
+            "iou": _iou_binary(prep.pred_bin, prep.gt, prep.valid),
+            "biou": _boundary_iou_binary(prep.pred_bin, prep.gt, prep.valid, self.dilation_ratio),
+            "mba": _mba_binary(prep.pred_bin, prep.gt, prep.valid),
+            "adp_f": _adaptive_fmeasure(prep, self.beta2),
+            "weighted_f": _weighted_fmeasure(prep, self.weighted_beta2),
+            "mae": _mae(prep),
+            "s_measure": _s_measure(prep, self.alpha),
+            "adp_e": _adaptive_emeasure(prep),
+            "hce": float(_hce(prep, self.relax, self.epsilon)),
+        }
+        for k in _PER_IMAGE:
+            self._values[k].append(values[k])
+        self._f_curves.append(f_curve)
+        self._e_curves.append(e_curve)
+        return {
+            **values,
+            "max_f": float(f_curve.max()),
+            "mean_f": float(f_curve.mean()),
+            "max_e": float(e_curve.max()),
+            "mean_e": float(e_curve.mean()),
+        }
+
+    def curves(self) -> dict[str, np.ndarray]:
+        """Mean F- and E-measure curves over images, float64 ``(256,)`` indexed by threshold."""
+        if not self._f_curves:
+            raise ValueError("MaskMetrics has no images: call update(pred, gt) first")
+        return {
+            "f": np.mean(np.array(self._f_curves, dtype=np.float64), axis=0),
+            "e": np.mean(np.array(self._e_curves, dtype=np.float64), axis=0),
+        }
+
+    def compute(self) -> dict[str, float]:
+        """Data-set scores (dict with the keys of ``METRIC_KEYS``, Python floats)."""
+        curves = self.curves()
+        means = {k: float(np.mean(np.array(v, dtype=np.float64))) for k, v in self._values.items()}
+        out = {
+            **means,
+            "max_f": float(curves["f"].max()),
+            "mean_f": float(curves["f"].mean()),
+            "max_e": float(curves["e"].max()),
+            "mean_e": float(curves["e"].mean()),
+        }
+        return {k: out[k] for k in METRIC_KEYS}
