@@ -1,7 +1,8 @@
-"""finesam: high-quality, high-resolution promptable segmentation (SAM, MobileSAM, HQ-SAM)."""
+"""finesam: high-quality, high-resolution promptable segmentation (SAM, MobileSAM, HQ-SAM, Pi-SAM)."""
 
 from .checkpoints import REGISTRY, CheckpointError, CheckpointNotFoundError, ModelSpec, load
 from .modeling import ImageFeatures, OutputMode, Sam
+from .interactive import InteractiveSession
 from .predictor import SamPredictor
 from .registry_compat import sam_model_registry
 
@@ -10,6 +11,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
     "ImageFeatures",
+    "InteractiveSession",
     "ModelSpec",
     "OutputMode",
     "Sam",

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .modeling.hq_decoder import HQ_MODULES, HQMaskDecoder
+from .modeling.hr_decoder import HRMaskDecoder, rgb_embedding
 from .modeling.image_encoder import ImageEncoderViT
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.prompt_encoder import PromptEncoder
@@ -55,7 +56,7 @@ class ModelSpec:
     description: str
     encoder: str  # "vit" or "tiny_vit"
     encoder_config: Mapping[str, Any]
-    decoder: str  # "sam" or "hq"
+    decoder: str  # "sam", "hq" or "pi"
     file: CheckpointFile
     official_keys: tuple[str, ...] = ()  # registry keys of the official packages
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -70,17 +71,29 @@ class ModelSpec:
             return self.encoder_config["embed_dim"]
         return self.encoder_config.get("embed_dims", (64, 128, 160, 320))[2]
 
-    def build(self) -> Sam:
-        """A model with freshly initialised (random) weights, in eval mode."""
+    def _build_encoders(self) -> tuple[nn.Module, PromptEncoder]:
         if self.encoder == "vit":
-            image_encoder: nn.Module = ImageEncoderViT(**self.encoder_config)
+            return ImageEncoderViT(**self.encoder_config), PromptEncoder()
+        return TinyViT(**self.encoder_config), PromptEncoder()
+
+    def build(self) -> Sam:
+        """A model with freshly initialised (random) weights, in eval mode.
+
+        Pi-SAM: the official ``rgb_embed`` is never trained nor saved; the official test run
+        draws it right after building the ViT and the prompt encoder under
+        ``torch.manual_seed(42)``. We build in that order under that seed (without touching the
+        caller's random state), so an official decoder file gets exactly those values.
+        """
+        if self.decoder == "pi":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(PI_RGB_SEED)
+                image_encoder, prompt_encoder = self._build_encoders()
+                rgb_embed = rgb_embedding()
+            decoder: MaskDecoder = HRMaskDecoder(vit_dim=self.early_dim, rgb_embed=rgb_embed)
         else:
-            image_encoder = TinyViT(**self.encoder_config)
-        if self.decoder == "hq":
-            decoder: MaskDecoder = HQMaskDecoder(vit_dim=self.early_dim)
-        else:
-            decoder = MaskDecoder()
-        return Sam(image_encoder, PromptEncoder(), decoder).eval()
+            image_encoder, prompt_encoder = self._build_encoders()
+            decoder = HQMaskDecoder(vit_dim=self.early_dim) if self.decoder == "hq" else MaskDecoder()
+        return Sam(image_encoder, prompt_encoder, decoder).eval()
 
 
 _VIT = {
@@ -88,6 +101,7 @@ _VIT = {
     "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
     "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
 }
+PI_RGB_SEED = 42
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 _HQ_URL = "https://huggingface.co/lkeab/hq-sam/resolve/main/"
 
@@ -120,6 +134,13 @@ REGISTRY: dict[str, ModelSpec] = {
                                  "0f32c075ccdd870ae54db2f7630e7a0878ede5a2b06d05d6fe02c65a82fb7196")),
     ]
 }
+# Pi-SAM: the encoder weights are the official SAM file's; the decoder comes in its own file
+# (released on Google Drive only, so it has no URL here: pass decoder_checkpoint=).
+REGISTRY.update({
+    f"pi_{size}": replace(REGISTRY[f"sam_{size}"], name=f"pi_{size}", description=f"Pi-SAM {size[-1].upper()}",
+                          decoder="pi", official_keys=())
+    for size in ("vit_b", "vit_l", "vit_h")
+})
 
 
 def get_spec(name: str | ModelSpec) -> ModelSpec:
@@ -173,9 +194,11 @@ def describe_checkpoint(state: Mapping[str, torch.Tensor]) -> str:
         width = state["image_encoder.pos_embed"].shape[-1]
         depth = len({m.group(1) for k in keys if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))})
         for spec in REGISTRY.values():
-            if spec.encoder == "vit" and spec.encoder_config["embed_dim"] == width \
+            if spec.encoder == "vit" and spec.decoder != "pi" and spec.encoder_config["embed_dim"] == width \
                     and spec.encoder_config["depth"] == depth and (spec.decoder == "hq") == has_hq:
                 return f"{spec.description} ({spec.name})"
+        if any(k.startswith("mask_decoder.interact_2.") for k in keys):
+            return f"a finesam Pi-SAM checkpoint (ViT width {width}, {depth} blocks)"
         family = "HQ-SAM" if has_hq else "SAM"
         return f"a {family} ViT of width {width} with {depth} blocks"
     return "no known SAM-family model"
@@ -269,10 +292,22 @@ def find_checkpoint(spec: ModelSpec, download: bool = True) -> Path:
 
 
 # --- the public loader ----------------------------------------------------------------------
+def merge_pi_files(
+    sam_state: Mapping[str, torch.Tensor], decoder_state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """One state dict from the official SAM file (encoder and prompt encoder) and an official
+    Pi-SAM decoder file (keys without prefix, or with ``mask_decoder.``)."""
+    merged = {k: v for k, v in sam_state.items() if k.startswith(("image_encoder.", "prompt_encoder."))}
+    for key, value in decoder_state.items():
+        merged[key if key.startswith("mask_decoder.") else f"mask_decoder.{key}"] = value
+    return merged
+
+
 def load(
     name: str | ModelSpec,
     checkpoint: str | os.PathLike | None = None,
     *,
+    decoder_checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     random_weights: bool = False,
@@ -283,38 +318,59 @@ def load(
 
     Args:
         name: a registry name (``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h``, ``mobile_sam``,
-            ``hq_vit_b``, ``hq_vit_l``, ``hq_vit_h``, ``hq_vit_tiny``) or a :class:`ModelSpec`.
+            ``hq_vit_b``, ``hq_vit_l``, ``hq_vit_h``, ``hq_vit_tiny``, ``pi_vit_b``,
+            ``pi_vit_l``, ``pi_vit_h``) or a :class:`ModelSpec`.
         checkpoint: an official ``.pth``/``.pt`` file or a ``.safetensors`` file. ``None`` looks
-            in ``$FINESAM_CHECKPOINTS`` and ``~/.cache/finesam`` and downloads the official file.
+            in ``$FINESAM_CHECKPOINTS`` and ``~/.cache/finesam`` and downloads the official file
+            (for Pi-SAM: the SAM file of the same backbone).
+        decoder_checkpoint: Pi-SAM only: the official decoder file (``{'model_state_dict': ...}``
+            with 270 keys). Its ``rgb_embed`` is not in that file; see :meth:`ModelSpec.build`.
+            A finesam Pi checkpoint (all keys, ``rgb_embed`` included) loads with ``checkpoint``
+            alone.
         dtype: dtype of the image encoder (e.g. ``torch.bfloat16`` for a faster encoder); the
             prompt encoder and decoders stay float32.
-        random_weights: with ``checkpoint=None``, skip loading and keep random weights.
+        random_weights: with no checkpoint, skip loading and keep random weights.
         init_missing: ``"hq"`` lets an HQ model load a plain SAM file, keeping the HQ layers
             freshly initialised (to train them); a warning lists what was initialised.
     Returns:
         the model in eval mode on ``device``.
     """
     spec = get_spec(name)
+    if decoder_checkpoint is not None and spec.decoder != "pi":
+        raise ValueError(f"decoder_checkpoint is for Pi-SAM models (pi_vit_b/l/h), not {spec.name}")
+    if init_missing is not None and (init_missing != "hq" or spec.decoder != "hq"):
+        raise ValueError(f"init_missing={init_missing!r} is only valid as 'hq' for HQ models")
     model = spec.build()
-    if checkpoint is None and random_weights:
-        pass
-    else:
-        if checkpoint is None:
-            checkpoint = find_checkpoint(spec, download=download)
-        state = read_state_dict(checkpoint)
-        allow: tuple[str, ...] = ()
-        if init_missing is not None:
-            if init_missing != "hq" or spec.decoder != "hq":
-                raise ValueError(f"init_missing={init_missing!r} is only valid as 'hq' for HQ models")
-            allow = tuple(f"mask_decoder.{module}." for module in HQ_MODULES)
-        initialised = check_state_dict(model, state, spec.name, repr(str(checkpoint)), allow)
-        if initialised:
-            state = {**model.state_dict(), **state}
+    if checkpoint is None and decoder_checkpoint is None and random_weights:
+        model.image_encoder.to(dtype=dtype)
+        return model.to(device).eval()
+    if random_weights:
+        raise ValueError("random_weights=True and a checkpoint exclude each other")
+    if checkpoint is None:
+        checkpoint = find_checkpoint(spec, download=download)
+    state = read_state_dict(checkpoint)
+    source = repr(str(checkpoint))
+    allow: tuple[str, ...] = ()
+    if decoder_checkpoint is not None:
+        state = merge_pi_files(state, read_state_dict(decoder_checkpoint))
+        source = f"{source} + decoder {str(decoder_checkpoint)!r}"
+        allow = ("mask_decoder.rgb_embed.",)  # never in official files: keep the seed-42 values
+    elif spec.decoder == "pi" and not any(k.startswith("mask_decoder.interact_2.") for k in state):
+        raise CheckpointError(
+            f"{spec.name} needs the Pi-SAM decoder: pass decoder_checkpoint=PATH (the official Pi-SAM "
+            f"decoder file) beside the SAM checkpoint {source} (--decoder-checkpoint on the command line)"
+        )
+    if init_missing == "hq":
+        allow = tuple(f"mask_decoder.{module}." for module in HQ_MODULES)
+    initialised = check_state_dict(model, state, spec.name, source, allow)
+    if initialised:
+        state = {**model.state_dict(), **state}
+        if init_missing:
             warnings.warn(
-                f"{spec.name}: {len(initialised)} HQ keys were not in {str(checkpoint)!r} and keep their "
+                f"{spec.name}: {len(initialised)} HQ keys were not in {source} and keep their "
                 f"fresh initialisation: {', '.join(initialised)}",
                 stacklevel=2,
             )
-        model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True)
     model.image_encoder.to(dtype=dtype)
     return model.to(device).eval()

@@ -1,4 +1,4 @@
-"""Command line: ``finesam segment IMAGE --model NAME (--box ... | --point ...) --out mask.png``."""
+"""Command line: ``finesam segment IMAGE --model NAME (--box ... | --point ...) --out mask.png`` and ``finesam eval``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .checkpoints import REGISTRY, CheckpointError, CheckpointNotFoundError, load
+from .evaluation import command as eval_command
 from .image_io import ImageReadError, overlay, read_image, save_mask
 from .modeling.mask_decoder import HQ_OUTPUTS
 from .predictor import SamPredictor
@@ -83,11 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--overlay", help="output overlay PNG")
     seg.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     seg.add_argument("--random-weights", action="store_true", help="seeded random weights: checks the pipeline, masks are meaningless")
+    eval_command.add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "eval":
+        return eval_command.run(args)
     if not args.box and not args.point:
         print("finesam segment: give at least one --box X0 Y0 X1 Y1 or one --point X Y", file=sys.stderr)
         return EXIT_USAGE

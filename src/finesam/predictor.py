@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .modeling.features import ImageFeatures
 from .modeling.mask_decoder import OutputMode
@@ -122,7 +123,13 @@ class SamPredictor:
         self.image_features = features.to(self.device)
         self.is_image_set = True
 
+    @property
+    def is_high_res(self) -> bool:
+        """True for Pi-SAM models: masks come from the 1024x1024 head and clicks go to :meth:`correct`."""
+        return bool(getattr(self.model.mask_decoder, "high_resolution", False))
+
     def reset_image(self) -> None:
+        self.high_res_state = None
         self.is_image_set = False
         self.image_features: ImageFeatures | None = None
         self.original_size: tuple[int, int] | None = None
@@ -216,11 +223,73 @@ class SamPredictor:
             raise ValueError("point_labels is required with point_coords")
         points = (point_coords, point_labels) if point_coords is not None else None
         mode = output_mode(multimask_output, hq_token_only, hq_output)
-        low_res, scores = self.model.decode(self.image_features, points, boxes, mask_input, mode)
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if self.is_high_res:
+            masks, scores, low_res = self._predict_high_res(points, boxes, mask_input, mode)
+        else:
+            low_res, scores = self.model.decode(self.image_features, points, boxes, mask_input, mode)
+            masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, scores, low_res
+
+    def _predict_high_res(self, points, boxes, mask_input, mode: OutputMode):
+        """Pi-SAM: the 1024x1024 head's logits, resized to the image; keeps the state for :meth:`correct`."""
+        if points is not None or mask_input is not None or boxes is None:
+            raise ValueError(
+                "Pi-SAM models take a box prompt only (their decoder was trained on boxes): pass box=..., "
+                "then refine with predictor.correct(fg_points=..., bg_points=...)"
+            )
+        if mode.hq is not None:
+            raise ValueError("hq_output / hq_token_only apply to HQ-SAM models; Pi-SAM returns its high-resolution mask")
+        state = self.model.decode_high_res(self.image_features, boxes)
+        self.high_res_state = state
+        logits = self.model.mask_decoder.high_res_logits(state.object_embedding, state.rgb)
+        return self.model.postprocess_masks(logits, self.input_size, self.original_size), state.scores, state.low_res
+
+    @torch.no_grad()
+    def correct(
+        self,
+        fg_points: np.ndarray | None = None,
+        bg_points: np.ndarray | None = None,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pi-SAM: correct the last ``predict`` with clicks on wrongly predicted areas.
+
+        fg_points: (N, 2) (x, y) pixels of the original image that should be foreground;
+        bg_points: (M, 2) pixels that should be background. All clicks are applied together to
+        the last prediction (a new call replaces, not stacks, earlier corrections).
+        Returns masks (1, H, W), scores (1,) (the prediction's score), and the corrected
+        1024x1024 logits downsampled to (1, 256, 256).
+        """
+        if not self.is_high_res:
+            raise ValueError(
+                "correct() needs a Pi-SAM model (pi_vit_*); for SAM/HQ models use finesam.InteractiveSession, "
+                "which refines with the previous mask and all clicks"
+            )
+        state = self.high_res_state
+        if state is None:
+            raise RuntimeError("call predict(box=...) first: correct() refines the last prediction")
+        if state.low_res.shape[0] != 1:
+            raise ValueError("correct() refines a single-object prediction; the last predict had several prompts")
+        clicks, flags = [], []
+        for points, flag in ((fg_points, 1), (bg_points, 0)):
+            if points is not None and len(points):
+                coords, _ = validate_points(points, np.full(len(points), flag), batched=False)
+                clicks.append(coords)
+                flags += [flag] * len(coords)
+        if not clicks:
+            raise ValueError("correct() needs at least one click in fg_points or bg_points")
+        # x / 1024 in the padded frame, no half-pixel shift: the official weights were trained
+        # with clicks at grid index / 256 and used with x / W, and our training does the same.
+        frame = self.transform.apply_coords(np.concatenate(clicks), self.original_size)
+        normalised = torch.as_tensor(frame / self.model.image_size, dtype=torch.float32, device=self.device)
+        flag_tensor = torch.as_tensor(flags, dtype=torch.int64, device=self.device)
+        logits = self.model.mask_decoder.correct(state, normalised[None], flag_tensor[None])
+        masks = self.model.postprocess_masks(logits, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        low_res = F.interpolate(logits, size=state.low_res.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+        return masks[0].cpu().numpy(), state.scores[0].cpu().numpy(), low_res[0].cpu().numpy()
 
     def predict_batch(
         self,

@@ -42,6 +42,9 @@ class MaskMetrics:
     - ``adp_f``, ``adp_e``, ``weighted_f``, ``mae``, ``s_measure`` (``alpha``), ``hce``
       (``relax``, ``epsilon``): mean over images of the per-image values.
 
+    ``hce=False`` skips the relaxed HCE (seconds per image on multi-megapixel masks): its
+    per-image and data-set values are then NaN.
+
     Inputs: ``pred`` bool, uint8 0..255 or float in [0, 1]; ``gt`` bool or uint8 (foreground
     ``> 128``); ``ignore`` optional bool mask of pixels not scored; all 2-D of one shape.
     How each measure treats ignored pixels is documented in :mod:`finesam.metrics`.
@@ -56,6 +59,7 @@ class MaskMetrics:
         alpha: float = 0.5,
         relax: int = 5,
         epsilon: float = 2.0,
+        hce: bool = True,
     ):
         self.dilation_ratio = dilation_ratio
         self.beta2 = beta2
@@ -63,6 +67,7 @@ class MaskMetrics:
         self.alpha = alpha
         self.relax = relax
         self.epsilon = epsilon
+        self.hce = hce
         self.reset()
 
     def reset(self) -> None:
@@ -93,7 +98,7 @@ class MaskMetrics:
             "mae": _mae(prep),
             "s_measure": _s_measure(prep, self.alpha),
             "adp_e": _adaptive_emeasure(prep),
-            "hce": float(_hce(prep, self.relax, self.epsilon)),
+            "hce": float(_hce(prep, self.relax, self.epsilon)) if self.hce else float("nan"),
         }
         for k in _PER_IMAGE:
             self._values[k].append(values[k])

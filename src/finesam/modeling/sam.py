@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .features import ImageFeatures
+from .hr_decoder import HRState
 from .mask_decoder import MaskDecoder, OutputMode
 from .prompt_encoder import PromptEncoder
 
@@ -53,8 +56,13 @@ class Sam(nn.Module):
     def encode_image(self, x: torch.Tensor) -> ImageFeatures:
         """(B, 3, h, w) resized RGB in 0..255 -> :class:`ImageFeatures`."""
         encoder_dtype = next(self.image_encoder.parameters()).dtype
-        features = self.image_encoder(self.preprocess(x).to(encoder_dtype))
-        return features.to(dtype=torch.float32) if encoder_dtype != torch.float32 else features
+        image = self.preprocess(x.float())
+        features = self.image_encoder(image.to(encoder_dtype))
+        if encoder_dtype != torch.float32:
+            features = features.to(dtype=torch.float32)
+        if getattr(self.mask_decoder, "needs_image", False):
+            features = dataclasses.replace(features, image=image)
+        return features
 
     def decode(
         self,
@@ -71,10 +79,18 @@ class Sam(nn.Module):
         sparse, dense = self.prompt_encoder(points, boxes, mask_input)
         return self.mask_decoder(features, self.prompt_encoder.get_dense_pe(), sparse, dense, mode)
 
+    def decode_high_res(self, features: ImageFeatures, boxes: torch.Tensor) -> HRState:
+        """Pi-SAM: boxes (B, 4) in the 1024 frame -> the decoder state (stage-1 logits, object
+        embedding, RGB embedding, scores) that :meth:`HRMaskDecoder.high_res_logits` and
+        :meth:`HRMaskDecoder.correct` turn into 1024x1024 logits."""
+        sparse, dense = self.prompt_encoder(None, boxes, None)
+        return self.mask_decoder.decode_state(features, self.prompt_encoder.get_dense_pe(), sparse, dense)
+
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
     ) -> torch.Tensor:
-        """(B, K, 256, 256) logits -> (B, K, H, W): upscale to 1024, crop the padding, resize."""
-        masks = F.interpolate(masks, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        """(B, K, 256 or 1024, same) logits -> (B, K, H, W): upscale to 1024, crop the padding, resize."""
+        if masks.shape[-2:] != (self.image_size, self.image_size):
+            masks = F.interpolate(masks, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
         return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
