@@ -25,6 +25,7 @@ def offline_load(name, checkpoint=None, **kwargs):
         spec = spec.with_encoder(depth=2, global_attn_indexes=(1,))
     kwargs.pop("init_missing", None)
     kwargs.pop("random_weights", None)
+    kwargs.pop("decoder_checkpoint", None)
     kwargs["device"] = "cpu"
     return REAL_LOAD(spec, random_weights=True, **kwargs)
 

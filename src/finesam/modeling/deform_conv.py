@@ -370,7 +370,7 @@ def deform_conv2d(
         t is not None and t.requires_grad for t in (input, offset, weight, bias, mask)
     )
 
-    # Zero-padded channels-last copy of the input, one block per offset group:
+    # Zero-padded channels-last copy of the input, one slab per offset group:
     # row ((g*B + b)*Hp + y)*Wp + x holds the C_in/G channels of group g.
     hp, wp = h + 2 * _PAD, w + 2 * _PAD
     table = F.pad(_nhwc(input), (0, 0, _PAD, _PAD, _PAD, _PAD))
@@ -415,7 +415,8 @@ def deform_conv2d(
         blocks = [_Block(b, min(step, batch - b), 0, h_out) for b in range(0, batch, step)]
     else:
         step = max(1, _BLOCK_SAMPLES // per_row)
-        blocks = [_Block(b, 1, r, min(step, h_out - r)) for b in range(batch) for r in range(0, h_out, step)]
+        blocks = [_Block(b, 1, r, min(step, h_out - r))
+                  for b in range(batch) for r in range(0, h_out, step)]
     # Each block's rows of the (B * H_out)-row NHWC offset and mask. split() keeps
     # autograd cheap: one concatenation in backward, not a full-size gradient per block.
     sizes = [blk.images * blk.rows for blk in blocks]
@@ -425,7 +426,8 @@ def deform_conv2d(
     if needs_grad:
         # Autograd keeps each block's im2col matrix for the weight gradient:
         # B * H_out * W_out * kh * kw * C_in values in all, like torchvision.
-        parts = [_block(blk, o, m, table, wmat, bias, geo) for blk, o, m in zip(blocks, offsets, masks)]
+        parts = [_block(blk, o, m, table, wmat, bias, geo)
+                 for blk, o, m in zip(blocks, offsets, masks)]
         if blocks[0].rows == h_out:  # whole images
             out = torch.cat(parts)
         else:  # row bands, the same number per image
@@ -481,12 +483,13 @@ class DeformableConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, in_channels, H, W) -> (B, out_channels, H_out, W_out)."""
-        # On CPU, feed the two predictor convs a channels-last x: their outputs
-        # then come out NHWC, the layout deform_conv2d works in (no transposes of
-        # the 2*k*k + k*k output channels), and oneDNN is no slower that way.
-        xp = _nhwc(x).permute(0, 3, 1, 2) if x.device.type == "cpu" else x
-        offset = self.offset_conv(xp)  # (B, 2*kh*kw, H_out, W_out)
-        modulator = 2.0 * torch.sigmoid(self.modulator_conv(xp))  # (B, kh*kw, H_out, W_out)
+        # On CPU, work on a channels-last x: the predictor convs then return NHWC
+        # offsets and modulators, the layout deform_conv2d works in (no
+        # transposes of their 3*k*k channels), and oneDNN is no slower that way.
+        if x.device.type == "cpu":
+            x = _nhwc(x).permute(0, 3, 1, 2)
+        offset = self.offset_conv(x)  # (B, 2*kh*kw, H_out, W_out)
+        modulator = 2.0 * torch.sigmoid(self.modulator_conv(x))  # (B, kh*kw, H_out, W_out)
         return deform_conv2d(
             x,
             offset,
