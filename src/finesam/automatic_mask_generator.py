@@ -12,10 +12,12 @@ any model from :func:`finesam.load`. Differences, none of which change the resul
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .amg_utils import (
     PYCOCOTOOLS_MISSING,
@@ -41,7 +43,8 @@ from .amg_utils import (
 from .modeling.mask_decoder import MaskDecoder, OutputMode
 from .modeling.sam import Sam
 from .nms import batched_nms
-from .predictor import SamPredictor, output_mode
+from .predictor import SamPredictor
+from .predictor import output_mode as resolve_output_mode
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -109,7 +112,7 @@ class AutomaticMaskGenerator:
         for name, value in (("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh", stability_score_thresh),
                             ("stability_score_offset", stability_score_offset), ("box_nms_thresh", box_nms_thresh),
                             ("crop_nms_thresh", crop_nms_thresh)):
-            if not isinstance(value, (int, float)) or math.isnan(value):
+            if not isinstance(value, numbers.Real) or math.isnan(float(value)):
                 raise ValueError(f"{name} must be a number, got {value!r}")
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
@@ -178,7 +181,7 @@ class AutomaticMaskGenerator:
         multimask = self.multimask_output if multimask_output is None else multimask_output
         if hq_token_only is None and hq_output is None:
             hq_token_only, hq_output = self.hq_token_only, self.hq_output
-        mode = output_mode(multimask, hq_token_only, hq_output)
+        mode = resolve_output_mode(multimask, hq_token_only, hq_output)
         if mode.hq is not None and type(self.predictor.model.mask_decoder) is MaskDecoder:
             raise ValueError(
                 f"hq_output={mode.hq!r} / hq_token_only apply to HQ-SAM models; this model has no HQ token"
@@ -188,8 +191,6 @@ class AutomaticMaskGenerator:
     def _generate_masks(self, image: np.ndarray, mode: OutputMode) -> MaskData:
         orig_size = image.shape[:2]
         crop_boxes, layers = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
-        from tqdm.auto import tqdm
-
         batches = sum(math.ceil(len(self.point_grids[layer]) / self.points_per_batch) for layer in layers)
         data = MaskData()
         with tqdm(total=batches, desc="masks", unit="batch", disable=not self.progress) as bar:
@@ -223,7 +224,12 @@ class AutomaticMaskGenerator:
         return data
 
     def _process_batch(
-        self, points: np.ndarray, crop_size: tuple[int, int], crop_box: list[int], orig_size: tuple[int, int], mode: OutputMode
+        self,
+        points: np.ndarray,
+        crop_size: tuple[int, int],
+        crop_box: list[int],
+        orig_size: tuple[int, int],
+        mode: OutputMode,
     ) -> MaskData:
         """Decode (P, 2) points of one crop; returns the surviving masks as RLEs in the image frame."""
         predictor, model = self.predictor, self.predictor.model
@@ -238,16 +244,20 @@ class AutomaticMaskGenerator:
         point_rows = torch.as_tensor(points).repeat_interleave(per_point, dim=0)
 
         # The predicted-IoU filter needs no upsampled logits: apply it first.
-        keep = iou_preds > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou_preds, dtype=torch.bool)
-        kept = torch.nonzero(keep).flatten()
+        if self.pred_iou_thresh > 0.0:
+            kept = torch.nonzero(iou_preds > self.pred_iou_thresh).flatten()
+        else:
+            kept = torch.arange(len(iou_preds), device=iou_preds.device)
         out = _empty_data()
         chunk = max(1, _UPSAMPLE_ELEMENTS // (crop_size[0] * crop_size[1]))
         for start in range(0, len(kept), chunk):
             index = kept[start : start + chunk]
             logits = model.postprocess_masks(low_res[index][:, None], predictor.input_size, crop_size)[:, 0]
             stability = calculate_stability_score(logits, model.mask_threshold, self.stability_score_offset)
-            stable = stability >= self.stability_score_thresh if self.stability_score_thresh > 0.0 \
-                else torch.ones_like(stability, dtype=torch.bool)
+            if self.stability_score_thresh > 0.0:
+                stable = stability >= self.stability_score_thresh
+            else:
+                stable = torch.ones_like(stability, dtype=torch.bool)
             masks = logits[stable] > model.mask_threshold
             del logits
             boxes = batched_mask_to_box(masks)
@@ -331,7 +341,9 @@ def _point_grids(
 ) -> list[np.ndarray]:
     """The (N_i, 2) normalised grid of each crop layer 0..crop_n_layers."""
     if points_per_side is not None and point_grids is not None:
-        raise ValueError("pass either points_per_side or point_grids, not both (set points_per_side=None to use point_grids)")
+        raise ValueError(
+            "pass either points_per_side or point_grids, not both (set points_per_side=None to use point_grids)"
+        )
     if points_per_side is None and point_grids is None:
         raise ValueError("one of points_per_side or point_grids is required")
     if points_per_side is not None:

@@ -91,7 +91,9 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     return _batched_nms_offset(boxes, scores, idxs, iou_threshold)
 
 
-def _batched_nms_offset(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def _batched_nms_offset(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
     """Shift each category's boxes so far apart that they cannot overlap, then one NMS."""
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
@@ -100,7 +102,9 @@ def _batched_nms_offset(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.T
     return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
-def _batched_nms_per_category(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def _batched_nms_per_category(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
     keep_mask = torch.zeros_like(scores, dtype=torch.bool)
     for category in torch.unique(idxs):
         members = torch.where(idxs == category)[0]
