@@ -405,3 +405,11 @@ def test_mask_data():
     assert isinstance(data["a"], np.ndarray)
     with pytest.raises(TypeError):
         data["d"] = 3
+
+
+def test_pi_models_are_refused():
+    import finesam
+
+    spec = finesam.REGISTRY["pi_vit_b"].with_encoder(depth=1, global_attn_indexes=(0,))
+    with pytest.raises(ValueError, match="trained on boxes"):
+        AutomaticMaskGenerator(finesam.load(spec, random_weights=True))

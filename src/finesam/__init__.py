@@ -1,5 +1,6 @@
 """finesam: high-quality, high-resolution promptable segmentation (SAM, MobileSAM, HQ-SAM, Pi-SAM)."""
 
+from .automatic_mask_generator import AutomaticMaskGenerator
 from .checkpoints import REGISTRY, CheckpointError, CheckpointNotFoundError, ModelSpec, load
 from .modeling import ImageFeatures, OutputMode, Sam
 from .interactive import InteractiveSession
@@ -7,6 +8,7 @@ from .predictor import SamPredictor
 from .registry_compat import sam_model_registry
 
 __all__ = [
+    "AutomaticMaskGenerator",
     "REGISTRY",
     "CheckpointError",
     "CheckpointNotFoundError",

@@ -102,6 +102,11 @@ class AutomaticMaskGenerator:
         hq_output: str | None = None,
         progress: bool = False,
     ) -> None:
+        if getattr(model.mask_decoder, "high_resolution", False):
+            raise ValueError(
+                "automatic mask generation prompts a grid of points, and Pi-SAM's decoder is trained on boxes "
+                "only: use a SAM or HQ-SAM model (e.g. hq_vit_b) for AutomaticMaskGenerator"
+            )
         _check_int("points_per_batch", points_per_batch, 1)
         _check_int("crop_n_layers", crop_n_layers, 0)
         _check_int("crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1)
