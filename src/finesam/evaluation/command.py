@@ -11,7 +11,6 @@ Rerunning the same command after an interruption resumes: images already in
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 import time
 import warnings
@@ -59,9 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _load_model(args: argparse.Namespace):
     options = {"device": args.device}
-    if args.decoder_checkpoint:
-        if "decoder_checkpoint" not in inspect.signature(load).parameters:
-            raise ValueError("--decoder-checkpoint is not supported by this finesam version's loader")
+    if args.decoder_checkpoint:  # Pi-SAM's second file; passed only when given
         options["decoder_checkpoint"] = args.decoder_checkpoint
     if args.random_weights:
         if args.checkpoint:
@@ -103,13 +100,15 @@ def run(args: argparse.Namespace) -> int:
         datasets = _open_datasets(args.data)
         protocol = make_protocol(args.protocol, **_protocol_options(args))
         model = _load_model(args)
+        predictor = SamPredictor(model)
+        protocol.check(predictor)
     except (DatasetError, CheckpointNotFoundError, CheckpointError, ValueError, KeyError) as error:
         print(f"finesam eval: {error}", file=sys.stderr)
         return EXIT_USAGE
     run_info = {"model": args.model, "checkpoint": args.checkpoint, "decoder_checkpoint": args.decoder_checkpoint,
                 "random_weights": bool(args.random_weights)}
     try:
-        summary = evaluate(SamPredictor(model), datasets, protocol, args.out, limit=args.limit, hce=not args.no_hce,
+        summary = evaluate(predictor, datasets, protocol, args.out, limit=args.limit, hce=not args.no_hce,
                            run_info=run_info, overwrite=args.overwrite, progress=not args.quiet)
     except RunMismatchError as error:
         print(f"finesam eval: {error}", file=sys.stderr)

@@ -20,11 +20,12 @@ noisy-box  ``box`` with the box jittered by DN-DETR's noise at scales 0.2 and 0.
 points     aspect kept. ``1pt``: one positive click at the GT's interior distance-transform
            maximum, best of 3 multimask outputs. ``3pt``/``5pt``/``10pt``: random positive
            GT pixels, ``10pt+5neg``: plus 5 random background pixels; one mask; 3 seeded
-           trials each (HQ-SAM Figure 5 and its supplement).
+           trials each (HQ-SAM Figure 5 and its supplement). Not for Pi models (box only).
 clicks     aspect kept. RITM's robot user for up to 20 clicks (see :func:`.prompts.next_click`);
            click 1 takes the best of 3 multimask outputs, later clicks pass every click and
            the previous low-res logits as ``mask_input`` with ``multimask_output=False``.
            IoU per click, NoC@85 / NoC@90. The ignore band is neither scored nor clicked.
+           Not for Pi models (box only: use ``pi-clicks``).
 pi-clicks  ``box``, then corrections from the box mask's errors (Pi-SAM, see
            :func:`.prompts.error_component_clicks`): 1, 2, 5 clicks on missed foreground
            (``fg``), false foreground (``bg``) or both (``all``). Pi models: the Precise
@@ -35,12 +36,14 @@ pi-clicks  ``box``, then corrections from the box mask's errors (Pi-SAM, see
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from ..data import Sample
+from ..metrics import iou
 from ..modeling.hq_decoder import HQMaskDecoder
 from ..predictor import SamPredictor
 from .prompts import (
@@ -106,12 +109,20 @@ def _points_text(coords: np.ndarray, labels: np.ndarray) -> str:
     return ";".join(f"{x:.1f},{y:.1f},{int(l)}" for (x, y), l in zip(coords, labels))
 
 
+def _no_points_for_pi(predictor: SamPredictor, protocol: str) -> None:
+    if is_high_resolution(predictor):
+        raise ValueError(
+            f"protocol {protocol!r} prompts with points, but Pi-SAM models take box prompts only; "
+            "use box, box-aspect, noisy-box or pi-clicks (clicks through the Precise Interactor)"
+        )
+
+
 def _fg_valid(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
     valid = None if sample.ignore is None else ~sample.ignore
     return sample.gt > 128, valid
 
 
-class Protocol:
+class Protocol(abc.ABC):
     """Base: ``run(predictor, sample)`` -> outcomes; ``variants()`` lists the (variant, trial) rows."""
 
     name = ""
@@ -121,15 +132,20 @@ class Protocol:
         self.hq_output = hq_output
         self.seed = seed
 
+    @abc.abstractmethod
     def variants(self) -> list[tuple[str, int]]:
-        raise NotImplementedError
+        """The (variant, trial) rows this protocol writes per image."""
 
     def config(self) -> dict:
         """Settings that change the results (stored with a run, checked on resume)."""
         return {"protocol": self.name, "hq_output": self.hq_output, "seed": self.seed}
 
+    @abc.abstractmethod
     def run(self, predictor: SamPredictor, sample: Sample) -> list:
-        raise NotImplementedError
+        """Outcomes for one sample, one per row of ``variants()``."""
+
+    def check(self, predictor: SamPredictor) -> None:
+        """Raise ``ValueError`` if this protocol cannot run on the predictor's model."""
 
     # shared steps
     def _hq(self, predictor: SamPredictor) -> dict:
@@ -227,12 +243,16 @@ class PointsProtocol(Protocol):
     def config(self) -> dict:
         return {**super().config(), "counts": list(self.counts), "negatives": self.negatives, "trials": self.trials}
 
+    def check(self, predictor: SamPredictor) -> None:
+        _no_points_for_pi(predictor, self.name)
+
     def _predict(self, predictor: SamPredictor, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
         multimask = len(coords) == 1  # a single click is ambiguous: keep the best of 3 (SAM's rule)
         masks, scores, _ = predictor.predict(coords, labels, multimask_output=multimask, **self._hq(predictor))
         return masks[int(np.argmax(scores))]
 
     def run(self, predictor: SamPredictor, sample: Sample) -> list[MaskOutcome]:
+        self.check(predictor)
         fg, valid = _fg_valid(sample)
         scored_fg = fg if valid is None else fg & valid
         centre = interior_point(scored_fg)
@@ -271,9 +291,11 @@ class ClicksProtocol(Protocol):
     def config(self) -> dict:
         return {**super().config(), "max_clicks": self.max_clicks}
 
-    def run(self, predictor: SamPredictor, sample: Sample) -> list[ClickOutcome]:
-        from ..metrics import iou
+    def check(self, predictor: SamPredictor) -> None:
+        _no_points_for_pi(predictor, self.name)
 
+    def run(self, predictor: SamPredictor, sample: Sample) -> list[ClickOutcome]:
+        self.check(predictor)
         fg, valid = _fg_valid(sample)
         if not (fg if valid is None else fg & valid).any():
             raise SkipSample("empty ground truth")
@@ -335,8 +357,7 @@ class PiClicksProtocol(Protocol):
     def _correct(self, predictor: SamPredictor, box, low_res, clicks: list[Click], gt_size) -> np.ndarray:
         coords = self.to_squashed(clicks, gt_size)
         positive = np.array([c.positive for c in clicks])
-        if is_high_resolution(predictor):
-            predictor.predict(box=box, multimask_output=False)  # each correction starts from the box state
+        if is_high_resolution(predictor):  # correct() refines the last predict (the box); calls do not stack
             fg_points = coords[positive] if positive.any() else None
             bg_points = coords[~positive] if (~positive).any() else None
             masks, _, _ = predictor.correct(fg_points=fg_points, bg_points=bg_points, return_logits=True)

@@ -93,8 +93,12 @@ def markdown(summary: dict) -> str:
     if summary.get("skipped"):
         lines += ["", f"Skipped {len(summary['skipped'])} image(s): "
                   + "; ".join(f"{s['dataset']}/{s['name']} ({s['reason']})" for s in summary["skipped"][:10])]
-    lines += ["", "Measures: mIoU / mBIoU as HQ-SAM (logits > 0 vs GT > 128, boundary dilation 0.02), mBA as "
-              "CascadePSP, maxFβ (β²=0.3), wFβ, Sm, meanEφ, MAE, HCEγ as PySODMetrics / DIS; see finesam.metrics."]
+    if run["protocol"] == "clicks":
+        lines += ["", "Measures: IoU after each click (ignored pixels, e.g. GrabCut's 128 band, left out); NoC@t: "
+                  "clicks to reach IoU >= t (the maximum if never), NoF@t: images that never reach it."]
+    else:
+        lines += ["", "Measures: mIoU / mBIoU as HQ-SAM (logits > 0 vs GT > 128, boundary dilation 0.02), mBA as "
+                  "CascadePSP, maxFβ (β²=0.3), wFβ, Sm, meanEφ, MAE, HCEγ as PySODMetrics / DIS; see finesam.metrics."]
     return "\n".join(lines) + "\n"
 
 

@@ -81,6 +81,7 @@ def evaluate(
     run_info: what identifies the model (name, checkpoint, ...), stored and checked on resume.
     """
     started = time.perf_counter()
+    protocol.check(predictor)
     out_dir = Path(out_dir)
     identity = {**(run_info or {}), **protocol.config(), "hce": hce}
     roots = {d.name: str(Path(d.root).resolve()) for d in datasets}
