@@ -22,16 +22,17 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 
 OFFICIAL = {
-    # finesam name: (package, builder) for the official model with the same architecture
-    "sam_vit_b": ("segment_anything", "vit_b"),
-    "sam_vit_h": ("segment_anything", "vit_h"),
-    "mobile_sam": ("segment_anything_hq.build_sam_baseline", "vit_tiny"),
-    "hq_vit_b": ("segment_anything_hq", "vit_b"),
-    "hq_vit_tiny": ("segment_anything_hq", "vit_tiny"),
+    # finesam name: (package, registry, key) for the official model with the same architecture
+    "sam_vit_b": ("segment_anything", "sam_model_registry", "vit_b"),
+    "sam_vit_h": ("segment_anything", "sam_model_registry", "vit_h"),
+    "mobile_sam": ("segment_anything_hq", "sam_model_registry_baseline", "vit_tiny"),
+    "hq_vit_b": ("segment_anything_hq", "sam_model_registry", "vit_b"),
+    "hq_vit_tiny": ("segment_anything_hq", "sam_model_registry", "vit_tiny"),
 }
 BOX = np.array([60, 50, 320, 260])
 
@@ -50,11 +51,9 @@ def official_model(name: str):
 
     import torch
 
-    module_name, key = OFFICIAL[name]
-    module = importlib.import_module(module_name)
-    registry = getattr(module, "sam_model_registry_baseline", None) or module.sam_model_registry
+    module_name, registry, key = OFFICIAL[name]
     torch.manual_seed(0)
-    model = registry[key]()
+    model = getattr(importlib.import_module(module_name), registry)[key]()
     return model.eval()
 
 
@@ -69,9 +68,9 @@ def measure(name: str, impl: str, checkpoint: str, repeats: int, queue) -> None:
         model = official_model(name)
         model.load_state_dict(torch.load(checkpoint, weights_only=True))
         model.eval()  # refresh TinyViT's bias cache after loading, as the official README does
-        module = __import__(OFFICIAL[name][0].split(".")[0])
+        module = __import__(OFFICIAL[name][0])
         predictor = module.SamPredictor(model)
-        extra = {"hq_token_only": False} if OFFICIAL[name][0].startswith("segment_anything_hq") else {}
+        extra = {"hq_token_only": False} if OFFICIAL[name][0] == "segment_anything_hq" else {}
     else:
         import finesam
 
@@ -107,7 +106,13 @@ def run(name: str, impl: str, checkpoint: str, repeats: int) -> dict:
     queue = context.Queue()
     process = context.Process(target=measure, args=(name, impl, checkpoint, repeats, queue))
     process.start()
-    result = queue.get()
+    while True:  # a child that died (e.g. a refused checkpoint) must not hang the benchmark
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise SystemExit(f"{impl} {name}: the benchmark process failed (exit code {process.exitcode}), see above")
     process.join()
     return result
 

@@ -303,6 +303,21 @@ def merge_pi_files(
     return merged
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 matmuls and convolutions natively (AVX512-BF16 or AMX)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def _warn_if_slow_dtype(dtype: torch.dtype, device: str | torch.device) -> None:
+    # Without hardware support, oneDNN falls back to reference kernels: measured 10-20x slower.
+    if dtype == torch.bfloat16 and torch.device(device).type == "cpu" and not cpu_has_native_bfloat16():
+        warnings.warn(
+            "dtype=torch.bfloat16 on a CPU without AVX512-BF16 or AMX: the image encoder will run "
+            "emulated, many times slower than float32; use dtype=torch.float32 on this machine",
+            stacklevel=3,
+        )
+
+
 def load(
     name: str | ModelSpec,
     checkpoint: str | os.PathLike | None = None,
@@ -327,8 +342,9 @@ def load(
             with 270 keys). Its ``rgb_embed`` is not in that file; see :meth:`ModelSpec.build`.
             A finesam Pi checkpoint (all keys, ``rgb_embed`` included) loads with ``checkpoint``
             alone.
-        dtype: dtype of the image encoder (e.g. ``torch.bfloat16`` for a faster encoder); the
-            prompt encoder and decoders stay float32.
+        dtype: dtype of the image encoder (``torch.bfloat16`` is faster on GPUs and on CPUs
+            with native bfloat16, AVX512-BF16 or AMX; elsewhere it is emulated and much slower,
+            and a warning says so); the prompt encoder and decoders stay float32.
         random_weights: with no checkpoint, skip loading and keep random weights.
         init_missing: ``"hq"`` lets an HQ model load a plain SAM file, keeping the HQ layers
             freshly initialised (to train them); a warning lists what was initialised.
@@ -336,6 +352,7 @@ def load(
         the model in eval mode on ``device``.
     """
     spec = get_spec(name)
+    _warn_if_slow_dtype(dtype, device)
     if decoder_checkpoint is not None and spec.decoder != "pi":
         raise ValueError(f"decoder_checkpoint is for Pi-SAM models (pi_vit_b/l/h), not {spec.name}")
     if init_missing is not None and (init_missing != "hq" or spec.decoder != "hq"):

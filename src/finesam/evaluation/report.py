@@ -76,7 +76,7 @@ def _clicks_section(summary: dict, max_clicks: int) -> list[str]:
 def markdown(summary: dict) -> str:
     """The run's tables: one per variant, rows data sets, columns measures."""
     run = summary["run"]
-    lines = [f"# finesam eval: protocol `{run['protocol']}`, model `{run['model']}`", ""]
+    lines = [f"# finesam eval: protocol `{run['protocol']}`, model `{run.get('model', 'unnamed')}`", ""]
     if run.get("random_weights"):
         lines += ["**RANDOM WEIGHTS: these numbers are meaningless (pipeline check only).**", ""]
     lines += [f"{summary['description']}", ""]

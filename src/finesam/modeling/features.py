@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -18,11 +20,28 @@ class ImageFeatures:
             (C = 160). HQ-SAM and Pi-SAM fuse ``interm[0]``.
         image: (B, 3, 1024, 1024) normalised, zero-padded input, kept only for decoders that
             read the image itself (Pi-SAM's RGB embedding); None otherwise.
+        derived: prompt-independent tensors decoders computed from these features (see
+            :meth:`derive_once`); private to this object, never copied by ``to``/``select``.
     """
 
     embedding: torch.Tensor
     interm: tuple[torch.Tensor, ...]
     image: torch.Tensor | None = None
+    derived: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def derive_once(self, module: nn.Module, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()`` once per (module, weights) at inference; every call while gradients are on.
+
+        Decoders use it for what depends on the image only (HQ fusion, Pi's RGB embedding), so
+        that prompts after the first (AMG batches, clicks) skip it. The key holds the module
+        and its parameters' version counters: weights loaded in place invalidate the entry.
+        """
+        if torch.is_grad_enabled():  # training: parameters change between calls
+            return compute()
+        key = (module, name, tuple(p._version for p in module.parameters()))
+        if key not in self.derived:
+            self.derived[key] = compute()
+        return self.derived[key]
 
     @property
     def early(self) -> torch.Tensor:

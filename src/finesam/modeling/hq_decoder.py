@@ -45,9 +45,13 @@ class HQMaskDecoder(MaskDecoder):
         )
 
     def hq_features(self, features: ImageFeatures) -> torch.Tensor:
-        """Global-local fusion of the image: (B_img, 32, 256, 256)."""
-        early = features.early.permute(0, 3, 1, 2)
-        return self.embedding_encoder(features.embedding) + self.compress_vit_feat(early)
+        """Global-local fusion of the image: (B_img, 32, 256, 256), computed once per image."""
+
+        def fuse() -> torch.Tensor:
+            early = features.early.permute(0, 3, 1, 2)
+            return self.embedding_encoder(features.embedding) + self.compress_vit_feat(early)
+
+        return features.derive_once(self, "hq_features", fuse)
 
     def decode_all(
         self, features: ImageFeatures, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor

@@ -125,7 +125,7 @@ class HRMaskDecoder(HQMaskDecoder):
         hyper = self.hf_mlp(hs[:, 1 + self.num_mask_tokens]).unsqueeze(1)
         low_res = hypernetwork_product(hyper, feature)
         scores = self.iou_prediction_head(hs[:, 0])[:, :1]
-        rgb = self.rgb_embed(features.image.to(feature.dtype))
+        rgb = features.derive_once(self, "rgb", lambda: self.rgb_embed(features.image.to(feature.dtype)))
         return HRState(self.mask_aspp(feature, low_res), hyper, rgb, low_res, scores)
 
     def high_res_logits(self, object_embedding: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
