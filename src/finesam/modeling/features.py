@@ -33,15 +33,16 @@ class ImageFeatures:
         """``compute()`` once per (module, weights) at inference; every call while gradients are on.
 
         Decoders use it for what depends on the image only (HQ fusion, Pi's RGB embedding), so
-        that prompts after the first (AMG batches, clicks) skip it. The key holds the module
-        and its parameters' version counters: weights loaded in place invalidate the entry.
+        that prompts after the first (AMG batches, clicks) skip it. Each entry records its
+        module's parameter version counters: weights loaded in place invalidate it.
         """
         if torch.is_grad_enabled():  # training: parameters change between calls
             return compute()
-        key = (module, name, tuple(p._version for p in module.parameters()))
-        if key not in self.derived:
-            self.derived[key] = compute()
-        return self.derived[key]
+        versions = tuple(p._version for p in module.parameters())
+        cached = self.derived.get((module, name))
+        if cached is None or cached[0] != versions:  # one entry per (module, name): stale ones are replaced
+            cached = self.derived[(module, name)] = (versions, compute())
+        return cached[1]
 
     @property
     def early(self) -> torch.Tensor:
