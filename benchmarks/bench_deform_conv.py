@@ -40,14 +40,14 @@ def _worker(impl: str, k: int, repeats: int, threads: int | None, queue) -> None
     if impl == "torchvision":
         from torchvision.ops import deform_conv2d
     else:
-        from finesam.modeling.deform_conv import deform_conv2d
+        from finesam.ops.deform_conv import deform_conv2d
     x, offset, weight, bias, mask = _inputs(k)
 
     def call():
         return deform_conv2d(x, offset, weight, bias, padding=k // 2, mask=mask)
 
     if impl == "module":  # whole layer; its predictor convs get random weights
-        from finesam.modeling.deform_conv import DeformableConv2d
+        from finesam.ops.deform_conv import DeformableConv2d
 
         layer = DeformableConv2d(32, 32, kernel_size=k, padding=k // 2).eval()
         with torch.no_grad():

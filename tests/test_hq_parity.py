@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import finesam
-from finesam.checkpoints import REGISTRY
+from finesam.registry import REGISTRY
 
 from conftest import randomize_, save_state
 from parity import assert_outputs_close, compare_predictors

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import finesam
-from finesam.checkpoints import REGISTRY, CheckpointError
+from finesam.checkpoints import CheckpointError
+from finesam.registry import REGISTRY
 from finesam.modeling.mask_decoder import MaskDecoder
 
 from conftest import DATA
@@ -64,7 +65,7 @@ def test_matches_official_outputs(pi_predictor):
 
 def test_rgb_embedding_is_the_official_seed_42_one(pi_predictor):
     reference = reference_or_skip()
-    rgb = pi_predictor.model.mask_decoder.rgb_embed
+    rgb = pi_predictor.model.mask_decoder.high_res.rgb_embed
     for name, tensor in (("rgb_w0", rgb[0].weight), ("rgb_b0", rgb[0].bias), ("rgb_w1", rgb[1].weight), ("rgb_b1", rgb[1].bias)):
         assert np.array_equal(tensor.detach().numpy(), reference[name]), name
     # Stable: whatever the caller's seed, a build derives the same values, and it does not
@@ -72,7 +73,7 @@ def test_rgb_embedding_is_the_official_seed_42_one(pi_predictor):
     after = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        again = REGISTRY["pi_vit_b"].build().mask_decoder.rgb_embed
+        again = REGISTRY["pi_vit_b"].build().mask_decoder.high_res.rgb_embed
         assert torch.equal(again[0].weight, rgb[0].weight) and torch.equal(again[1].weight, rgb[1].weight)
         after.append(torch.rand(3))
     assert not torch.equal(after[0], after[1])
@@ -112,8 +113,8 @@ def test_parameter_counts():
     for name, new in (("pi_vit_b", 1_562_400), ("pi_vit_l", 1_824_544), ("pi_vit_h", 2_086_688)):
         spec = REGISTRY[name].with_encoder(depth=1, global_attn_indexes=(0,))  # decoder sizes do not depend on depth
         decoder = spec.build().mask_decoder
-        assert count(decoder) - sam_decoder - count(decoder.rgb_embed) == new, name
-        assert count(decoder.interact_2) == 167_113
+        assert count(decoder) - sam_decoder - count(decoder.high_res.rgb_embed) == new, name
+        assert count(decoder.interactor) == 167_113
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def small_pi():
 
 def test_zero_interactor_is_an_exact_identity(small_pi):
     decoder = small_pi.model.mask_decoder
-    assert not decoder.interact_2.out_cov.weight.any()  # zero-initialised
+    assert not decoder.interactor.out_cov.weight.any()  # zero-initialised
     logits, _, _ = small_pi.predict(box=np.array([50, 40, 400, 260]), return_logits=True)
     corrected, _, _ = small_pi.correct(fg_points=np.array([[120, 100]]), bg_points=np.array([[300, 200]]), return_logits=True)
     assert np.array_equal(logits, corrected)
@@ -138,7 +139,7 @@ def test_a_click_changes_the_mask_near_the_click(small_pi):
     decoder = small_pi.model.mask_decoder
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        weight = decoder.interact_2.out_cov.weight
+        weight = decoder.interactor.out_cov.weight
         weight.copy_(torch.randn(weight.shape, generator=generator) * 0.05)
     try:
         logits, _, _ = small_pi.predict(box=np.array([50, 40, 400, 260]), return_logits=True)
@@ -148,13 +149,13 @@ def test_a_click_changes_the_mask_near_the_click(small_pi):
         assert ((corrected[0] > 0) != (logits[0] > 0))[60:140, 80:160].any()
     finally:
         with torch.no_grad():
-            decoder.interact_2.out_cov.weight.zero_()
+            decoder.interactor.out_cov.weight.zero_()
 
 
 def test_click_samples_the_feature_at_the_clicked_place(small_pi, monkeypatch):
     """On a non-square image, the interactor samples the object embedding where the user clicked
     (x, y in original pixels), not at (row, col) or at a stretched position."""
-    interactor = small_pi.model.mask_decoder.interact_2
+    interactor = small_pi.model.mask_decoder.interactor
     captured = {}
     original = type(interactor).click_tokens
 
@@ -192,11 +193,11 @@ def test_interactive_session_with_every_model(name):
     predictor = finesam.SamPredictor(finesam.load(shallow, random_weights=True))
     predictor.set_image(np.random.default_rng(2).integers(0, 255, (240, 320, 3), dtype=np.uint8))
     session = finesam.InteractiveSession(predictor)
-    if predictor.is_high_res:
+    if predictor.capabilities.corrects_clicks:
         with pytest.raises(ValueError, match="set_box"):
             session.add_click(100, 100)
         with torch.no_grad():  # a non-zero interactor, so that clicks change the mask
-            predictor.model.mask_decoder.interact_2.out_cov.weight.normal_(0, 0.05)
+            predictor.model.mask_decoder.interactor.out_cov.weight.normal_(0, 0.05)
     first = session.set_box([40, 30, 260, 200]).copy()
     assert first.shape == (240, 320) and first.dtype == bool
     second = session.add_click(150, 120, positive=True).copy()
@@ -208,6 +209,6 @@ def test_interactive_session_with_every_model(name):
     assert np.array_equal(session.add_click(150, 120, positive=True), second)
     session.reset()
     assert session.mask is None and not session.clicks
-    if not predictor.is_high_res:
+    if not predictor.capabilities.corrects_clicks:
         single = session.add_click(150, 120)  # a click alone works for SAM/HQ
         assert single.shape == (240, 320)

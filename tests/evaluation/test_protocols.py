@@ -12,7 +12,7 @@ from conftest import data_path
 from eval_helpers import cached_image_encoder, seeded_model, small_dis
 import finesam
 from finesam import SamPredictor
-from finesam.checkpoints import REGISTRY
+from finesam.registry import REGISTRY
 from finesam.data import open_dataset
 from finesam.evaluation import (
     BoxProtocol,
@@ -27,6 +27,7 @@ from finesam.evaluation import (
     score,
 )
 from finesam.metrics import METRIC_KEYS, iou
+from finesam.modeling import PiMaskDecoder
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -194,24 +195,20 @@ def test_pi_clicks_with_mask_feedback_for_sam(mobile, grabcut_sample):
 
 
 class StubPiPredictor(SamPredictor):
-    """Pi-SAM's predictor surface on a MobileSAM model, fast on CPU: the decoder says
-    ``high_resolution``, ``predict`` takes boxes only and returns 1024x1024 logits (SAM's,
+    """Pi-SAM's predictor surface on a MobileSAM model, fast on CPU: it declares Pi-SAM's
+    decoder capabilities, ``predict`` takes boxes only and returns 1024x1024 logits (SAM's,
     upscaled), ``correct`` returns +1 logits within 60 px of each fg point."""
+
+    capabilities = PiMaskDecoder.capabilities
 
     def __init__(self, model):
         super().__init__(model)
-        model.mask_decoder.high_resolution = True
         self.corrections: list = []
 
     def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True,
                 return_logits=False, **hq):
         assert point_coords is None and mask_input is None and not hq, "Pi models take a box only"
-        decoder = self.model.mask_decoder
-        decoder.high_resolution = False  # run SAM's own path underneath
-        try:
-            return super().predict(box=box, multimask_output=False, return_logits=return_logits)
-        finally:
-            decoder.high_resolution = True
+        return super().predict(box=box, multimask_output=False, return_logits=return_logits)
 
     def correct(self, fg_points=None, bg_points=None, return_logits=False):
         assert return_logits
@@ -249,7 +246,7 @@ def test_pi_branch_routes_boxes_and_clicks(ecssd_sample):
             if given is not None:
                 np.testing.assert_allclose(given, wanted)
         assert outcome.mask.any() == positive.any()  # the stub's logits, resized to the GT size
-    with pytest.raises(ValueError, match="Pi-SAM models take box prompts only"):
+    with pytest.raises(ValueError, match="takes a box prompt only"):
         ClicksProtocol().run(pi, ecssd_sample)
 
 
@@ -261,8 +258,8 @@ def test_real_pi_model_box_and_correction(ecssd_sample):
     outcomes = PiClicksProtocol(counts=(1,), kinds=("all",)).run(pi, ecssd_sample)
     assert [o.variant for o in outcomes] == ["box", "all1"] and len(_clicks(outcomes[1].prompt)) == 1
     assert all(o.mask.shape == ecssd_sample.gt.shape for o in outcomes)
-    assert pi.high_res_state is not None and pi.original_size == (1024, 1024)  # predicted on the squashed image
-    with pytest.raises(ValueError, match="box prompts only"):
+    assert pi.correction_state is not None and pi.original_size == (1024, 1024)  # predicted on the squashed image
+    with pytest.raises(ValueError, match="box prompt only"):
         PointsProtocol().check(pi)
 
 

@@ -11,20 +11,19 @@ from finesam.modeling.features import ImageFeatures
 def _features(seed: int) -> ImageFeatures:
     generator = torch.Generator().manual_seed(seed)
     return ImageFeatures(
-        torch.randn(1, 256, 64, 64, generator=generator), (torch.randn(1, 64, 64, 160, generator=generator),)
+        torch.randn(1, 256, 64, 64, generator=generator), torch.randn(1, 64, 64, 160, generator=generator)
     )
 
 
 def _decode(model, features: ImageFeatures, box) -> torch.Tensor:
-    logits, _ = model.decode(features, boxes=torch.tensor([box], dtype=torch.float32))
-    return logits
+    return model.decode(features, boxes=torch.tensor([box], dtype=torch.float32)).logits
 
 
 def test_hq_fusion_is_reused_across_prompts_and_equals_a_fresh_computation():
     model = finesam.load("hq_vit_tiny", random_weights=True)
     features = _features(0)
     calls = []
-    model.mask_decoder.compress_vit_feat.register_forward_hook(lambda *args: calls.append(1))
+    model.mask_decoder.hq.compress_vit_feat.register_forward_hook(lambda *args: calls.append(1))
     with torch.no_grad():
         first = _decode(model, features, [100, 120, 600, 700])
         second = _decode(model, features, [300, 200, 900, 500])
@@ -38,7 +37,7 @@ def test_weights_loaded_in_place_invalidate_the_cached_fusion():
     model = finesam.load("hq_vit_tiny", random_weights=True)
     other = finesam.load("hq_vit_tiny", random_weights=True)
     with torch.no_grad():
-        for parameter in other.mask_decoder.embedding_encoder.parameters():
+        for parameter in other.mask_decoder.hq.embedding_encoder.parameters():
             parameter.add_(0.5)
     features = _features(1)
     box = [100, 120, 600, 700]
@@ -58,4 +57,4 @@ def test_training_recomputes_the_fusion_with_gradients():
         _decode(model, features, [100, 120, 600, 700])  # fills the inference cache
     logits = _decode(model, features, [100, 120, 600, 700])
     logits.mean().backward()
-    assert model.mask_decoder.compress_vit_feat[0].weight.grad is not None
+    assert model.mask_decoder.hq.compress_vit_feat[0].weight.grad is not None

@@ -23,7 +23,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..image_io import ImageReadError, read_image
+from .images import ImageReadError, as_displayed, read_image
 
 #: extensions (lower case) of the image and mask files that are considered
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -163,7 +163,8 @@ def pair_per_class(folder: Path, gt_extension: str = ".png") -> tuple[list[Pair]
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a ground-truth mask as (H, W) uint8 0..255 (foreground > 128).
+    """Read a ground-truth mask as displayed (EXIF orientation applied, as images are) as
+    (H, W) uint8 0..255 (foreground > 128).
 
     Multi-channel masks keep channel 0 (as HQ-SAM's loader does); 1-bit masks become
     0/255; a 0/1 mask (maximum 1) is scaled to 0/255 so that it does not read as empty;
@@ -171,7 +172,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with Image.open(path) as mask:
+        with Image.open(path) as stored:
+            mask = as_displayed(stored)
             if mask.mode == "1":
                 array = np.array(mask, dtype=np.uint8) * 255
             elif mask.mode == "L":
@@ -250,7 +252,9 @@ class FolderDataset(Sequence[Sample]):
         if gt.shape != image.shape[:2]:
             raise DatasetError(
                 f"{self.name}/{pair.name}: mask {pair.gt.name} is {gt.shape[1]}x{gt.shape[0]} but image "
-                f"{pair.image.name} is {image.shape[1]}x{image.shape[0]} (width x height); they must match"
+                f"{pair.image.name} is {image.shape[1]}x{image.shape[0]} (width x height) as displayed; they must match"
+                + (" (the image has an EXIF rotation: its mask must be drawn on the displayed, rotated image)"
+                   if gt.shape == image.shape[1::-1] else "")
             )
         ignore = None if self.ignore_value is None else gt == self.ignore_value
         return Sample(pair.name, image, gt, ignore)

@@ -34,7 +34,7 @@ from .protocols import (
     PointsProtocol,
     Protocol,
     SkipSample,
-    is_high_resolution,
+    has_output_modes,
     make_protocol,
 )
 from .results import ResultStore, number_of_clicks_to, score, summarize
@@ -58,7 +58,7 @@ __all__ = [
     "error_component_clicks",
     "evaluate",
     "interior_point",
-    "is_high_resolution",
+    "has_output_modes",
     "make_protocol",
     "mask_box",
     "next_click",

@@ -2,8 +2,10 @@
 
 Each protocol works on any :class:`~finesam.predictor.SamPredictor` of a model from
 ``finesam.load``: SAM / MobileSAM, HQ-SAM (``hq_output``, default ``"hq_only"`` as HQ-SAM's
-evaluation) and Pi-SAM (decoder attribute ``high_resolution = True``: the 1024x1024 head's
-logits are used, and corrections go through ``predictor.correct``).
+evaluation) and Pi-SAM. Protocols ask the decoder's declaration (``predictor.capabilities``):
+a decoder with a higher ``output_size`` has its own logits used (Pi-SAM's 1024x1024 head), one
+that ``corrects_clicks`` gets corrections through ``predictor.correct``, and one that takes no
+points is refused by the point protocols.
 
 ========== =================================================================================
 protocol   definition
@@ -44,8 +46,7 @@ import numpy as np
 
 from ..data import Sample
 from ..metrics import iou
-from ..modeling.hq_decoder import HQMaskDecoder
-from ..predictor import SamPredictor
+from ..predict.predictor import SamPredictor
 from .prompts import (
     ERROR_KINDS,
     SQUASH_SIZE,
@@ -92,13 +93,9 @@ class ClickOutcome:
 
 
 # --- model helpers -----------------------------------------------------------------------------
-def is_high_resolution(predictor: SamPredictor) -> bool:
-    """Pi-SAM-like models: the decoder predicts 1024x1024 logits (``high_resolution = True``)."""
-    return bool(getattr(predictor.model.mask_decoder, "high_resolution", False))
-
-
-def is_hq(predictor: SamPredictor) -> bool:
-    return isinstance(predictor.model.mask_decoder, HQMaskDecoder) and not is_high_resolution(predictor)
+def has_output_modes(predictor: SamPredictor) -> bool:
+    """HQ-SAM-like models: the decoder declares output modes (``hq_output``)."""
+    return bool(predictor.capabilities.output_modes)
 
 
 def _fmt(values) -> str:
@@ -109,11 +106,11 @@ def _points_text(coords: np.ndarray, labels: np.ndarray) -> str:
     return ";".join(f"{x:.1f},{y:.1f},{int(l)}" for (x, y), l in zip(coords, labels))
 
 
-def _no_points_for_pi(predictor: SamPredictor, protocol: str) -> None:
-    if is_high_resolution(predictor):
+def _require_points(predictor: SamPredictor, protocol: str) -> None:
+    if "points" not in predictor.capabilities.prompts:
         raise ValueError(
-            f"protocol {protocol!r} prompts with points, but Pi-SAM models take box prompts only; "
-            "use box, box-aspect, noisy-box or pi-clicks (clicks through the Precise Interactor)"
+            f"protocol {protocol!r} prompts with points, but this model takes {predictor.capabilities.prompt_text} "
+            "(Pi-SAM); use box, box-aspect, noisy-box or pi-clicks (clicks through the Precise Interactor)"
         )
 
 
@@ -149,7 +146,7 @@ class Protocol(abc.ABC):
 
     # shared steps
     def _hq(self, predictor: SamPredictor) -> dict:
-        return {"hq_output": self.hq_output} if is_hq(predictor) and self.hq_output else {}
+        return {"hq_output": self.hq_output} if has_output_modes(predictor) and self.hq_output else {}
 
     def _set_squashed(self, predictor: SamPredictor, sample: Sample) -> np.ndarray:
         """Set the squashed image; return the box of the squashed GT (in the 1024 frame)."""
@@ -160,8 +157,10 @@ class Protocol(abc.ABC):
         return box
 
     def _squashed_box_logits(self, predictor: SamPredictor, box: np.ndarray, gt_size) -> tuple[np.ndarray, np.ndarray]:
-        """Logits (H, W) at the GT size and low-res logits (1, 256, 256) for a box in the 1024 frame."""
-        if is_high_resolution(predictor):
+        """Logits (H, W) at the GT size and low-res logits (1, 256, 256) for a box in the 1024 frame.
+
+        A decoder with a finer output than 256x256 (Pi-SAM's 1024x1024 head) has its own logits resized."""
+        if predictor.capabilities.output_size > 256:
             masks, _, low_res = predictor.predict(box=box, multimask_output=False, return_logits=True)
             return resize_logits(masks[0], gt_size), low_res[:1]
         _, _, low_res = predictor.predict(box=box, multimask_output=False, **self._hq(predictor))
@@ -244,7 +243,7 @@ class PointsProtocol(Protocol):
         return {**super().config(), "counts": list(self.counts), "negatives": self.negatives, "trials": self.trials}
 
     def check(self, predictor: SamPredictor) -> None:
-        _no_points_for_pi(predictor, self.name)
+        _require_points(predictor, self.name)
 
     def _predict(self, predictor: SamPredictor, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
         multimask = len(coords) == 1  # a single click is ambiguous: keep the best of 3 (SAM's rule)
@@ -292,7 +291,7 @@ class ClicksProtocol(Protocol):
         return {**super().config(), "max_clicks": self.max_clicks}
 
     def check(self, predictor: SamPredictor) -> None:
-        _no_points_for_pi(predictor, self.name)
+        _require_points(predictor, self.name)
 
     def run(self, predictor: SamPredictor, sample: Sample) -> list[ClickOutcome]:
         self.check(predictor)
@@ -357,7 +356,7 @@ class PiClicksProtocol(Protocol):
     def _correct(self, predictor: SamPredictor, box, low_res, clicks: list[Click], gt_size) -> np.ndarray:
         coords = self.to_squashed(clicks, gt_size)
         positive = np.array([c.positive for c in clicks])
-        if is_high_resolution(predictor):  # correct() refines the last predict (the box); calls do not stack
+        if predictor.capabilities.corrects_clicks:  # correct() refines the last predict (the box); calls do not stack
             fg_points = coords[positive] if positive.any() else None
             bg_points = coords[~positive] if (~positive).any() else None
             masks, _, _ = predictor.correct(fg_points=fg_points, bg_points=bg_points, return_logits=True)

@@ -12,7 +12,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from ..data import DatasetError, FolderDataset
-from ..predictor import SamPredictor
+from ..predict.predictor import SamPredictor
 from .protocols import Protocol, SkipSample
 from .report import markdown, write_plots
 from .results import ResultStore, columns_for, json_ready, score, summarize

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from skimage.morphology import skeletonize
 
+from ..optional import require
 from ._inputs import Prepared, prepare
 
 # 3x3 cross, skimage.morphology.disk(1)
@@ -83,7 +83,7 @@ def _control_points(segments: list[np.ndarray], epsilon: float) -> int:
 
 
 def _hce_binary(pred: np.ndarray, gt: np.ndarray, relax: int, epsilon: float) -> int:
-    gt_skeleton = skeletonize(gt)
+    gt_skeleton = require("skimage.morphology", "the human correction effort (HCE)").skeletonize(gt)
     tp = gt & pred
     fp = pred & ~gt
     fn = gt & ~pred

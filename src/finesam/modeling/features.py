@@ -13,11 +13,13 @@ from torch import nn
 class ImageFeatures:
     """What an image encoder computes once per image and the decoders read per prompt.
 
+    Only what the decoder declares in ``capabilities.encoder_features`` is kept.
+
     Attributes:
         embedding: (B, 256, 64, 64) final image embedding (the neck output).
-        interm: channels-last intermediate features, each (B, 64, 64, C). For a ViT these are
-            the outputs of the global-attention blocks in order; for TinyViT the stage-2 output
-            (C = 160). HQ-SAM and Pi-SAM fuse ``interm[0]``.
+        early: (B, 64, 64, C) channels-last early feature, fused by HQ-SAM and Pi-SAM: for a ViT
+            the output of the first global-attention block (C = 768/1024/1280), for TinyViT the
+            stage-2 output (C = 160); None when the decoder does not read it.
         image: (B, 3, 1024, 1024) normalised, zero-padded input, kept only for decoders that
             read the image itself (Pi-SAM's RGB embedding); None otherwise.
         derived: prompt-independent tensors decoders computed from these features (see
@@ -25,7 +27,7 @@ class ImageFeatures:
     """
 
     embedding: torch.Tensor
-    interm: tuple[torch.Tensor, ...]
+    early: torch.Tensor | None = None
     image: torch.Tensor | None = None
     derived: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
@@ -44,21 +46,17 @@ class ImageFeatures:
             cached = self.derived[(module, name)] = (versions, compute())
         return cached[1]
 
-    @property
-    def early(self) -> torch.Tensor:
-        """(B, 64, 64, C) early feature fused by the HQ and Pi decoders."""
-        return self.interm[0]
-
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ImageFeatures":
-        return ImageFeatures(
-            self.embedding.to(device=device, dtype=dtype),
-            tuple(t.to(device=device, dtype=dtype) for t in self.interm),
-            None if self.image is None else self.image.to(device=device, dtype=dtype),
-        )
+        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device=device, dtype=dtype)
+
+        return ImageFeatures(move(self.embedding), move(self.early), move(self.image))
 
     def select(self, index: torch.Tensor | slice | int) -> "ImageFeatures":
         """Features of a subset of the batch (keeps the batch dimension for an int)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
-        image = None if self.image is None else self.image[index]
-        return ImageFeatures(self.embedding[index], tuple(t[index] for t in self.interm), image)
+        def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[index]
+
+        return ImageFeatures(self.embedding[index], pick(self.early), pick(self.image))

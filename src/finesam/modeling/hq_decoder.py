@@ -1,67 +1,51 @@
-"""HQ-SAM's decoder: SAM's decoder plus the HQ output token and the global-local fusion."""
+"""HQ-SAM's decoder: SAM's decoder composed with the HQ token and global-local fusion."""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from .common import MLP, LayerNorm2d
+from .decoder_api import (
+    HQ_OUTPUTS,
+    DecoderCapabilities,
+    DecoderOutput,
+    OutputMode,
+    hypernetwork_product,
+    select_by_iou,
+)
 from .features import ImageFeatures
-from .mask_decoder import MaskDecoder, OutputMode, broadcast_to_prompts, hypernetwork_product, select_by_iou
-
-# Key prefixes (under the decoder) that HQ-SAM adds to a SAM checkpoint.
-HQ_MODULES = ("hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature")
+from .hq_token import HQ_MODULES, HQTokenFusion
+from .mask_decoder import SAM_MODULES, MaskDecoder, prefixes
 
 
-def upsample_x4(in_chans: int, mid_chans: int, out_chans: int) -> nn.Sequential:
-    """Two stride-2 transposed convs with LayerNorm2d + GELU between: (B, C, h, w) -> (B, C', 4h, 4w)."""
-    return nn.Sequential(
-        nn.ConvTranspose2d(in_chans, mid_chans, kernel_size=2, stride=2),
-        LayerNorm2d(mid_chans),
-        nn.GELU(),
-        nn.ConvTranspose2d(mid_chans, out_chans, kernel_size=2, stride=2),
-    )
-
-
-class HQMaskDecoder(MaskDecoder):
-    """Adds the HQ token and fuses the early ViT feature, the final embedding and SAM's upscaled
-    decoder feature; the HQ mask is the HQ token's hypernetwork product with the fused feature.
+class HQMaskDecoder(nn.Module):
+    """SAM's decoder (``sam``) plus the HQ part (``hq``): the HQ mask is the HQ token's
+    hypernetwork product with the fused feature; see :class:`OutputMode` for what is returned.
 
     ``vit_dim``: channels of the early feature (768/1024/1280 for ViT-B/L/H, 160 for TinyViT).
     """
 
-    def __init__(self, *, vit_dim: int, transformer_dim: int = 256, **kwargs) -> None:
-        super().__init__(transformer_dim=transformer_dim, **kwargs)
-        quarter, eighth = transformer_dim // 4, transformer_dim // 8
-        self.hf_token = nn.Embedding(1, transformer_dim)
-        self.hf_mlp = MLP(transformer_dim, transformer_dim, eighth, 3)
-        self.compress_vit_feat = upsample_x4(vit_dim, transformer_dim, eighth)
-        self.embedding_encoder = upsample_x4(transformer_dim, quarter, eighth)
-        self.embedding_maskfeature = nn.Sequential(
-            nn.Conv2d(eighth, quarter, kernel_size=3, padding=1),
-            LayerNorm2d(quarter),
-            nn.GELU(),
-            nn.Conv2d(quarter, eighth, kernel_size=3, padding=1),
-        )
+    capabilities: ClassVar[DecoderCapabilities] = DecoderCapabilities(
+        output_modes=HQ_OUTPUTS, encoder_features=frozenset({"early"})
+    )
+    official_prefixes: ClassVar[tuple[tuple[str, str], ...]] = prefixes(SAM_MODULES, "sam") + prefixes(HQ_MODULES, "hq")
+    new_parts: ClassVar[tuple[str, ...]] = ("hq",)
 
-    def hq_features(self, features: ImageFeatures) -> torch.Tensor:
-        """Global-local fusion of the image: (B_img, 32, 256, 256), computed once per image."""
-
-        def fuse() -> torch.Tensor:
-            early = features.early.permute(0, 3, 1, 2)
-            return self.embedding_encoder(features.embedding) + self.compress_vit_feat(early)
-
-        return features.derive_once(self, "hq_features", fuse)
+    def __init__(self, *, vit_dim: int, sam: MaskDecoder | None = None, hq: HQTokenFusion | None = None) -> None:
+        super().__init__()
+        self.sam = sam if sam is not None else MaskDecoder()
+        self.hq = hq if hq is not None else HQTokenFusion(vit_dim, self.sam.transformer_dim)
 
     def decode_all(
         self, features: ImageFeatures, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """SAM logits (B, 4, 256, 256), their IoU (B, 4) and HQ logits (B, 1, 256, 256)."""
-        hs, src = self.run_transformer(features.embedding, image_pe, sparse, dense, self.hf_token.weight)
-        sam_masks, iou, upscaled = self.sam_masks(hs, src)
-        fused = self.embedding_maskfeature(upscaled) + broadcast_to_prompts(self.hq_features(features), hs.shape[0])
-        hq_hyper = self.hf_mlp(hs[:, 1 + self.num_mask_tokens]).unsqueeze(1)
-        return sam_masks, iou, hypernetwork_product(hq_hyper, fused)
+        hs, src = self.sam.run_transformer(features.embedding, image_pe, sparse, dense, self.hq.token)
+        sam_masks, iou, upscaled = self.sam.sam_masks(hs, src)
+        hyper = self.hq.hypernetwork(hs[:, 1 + self.sam.num_mask_tokens])
+        return sam_masks, iou, hypernetwork_product(hyper, self.hq.fused_feature(upscaled, features))
 
     def forward(
         self,
@@ -70,18 +54,17 @@ class HQMaskDecoder(MaskDecoder):
         sparse: torch.Tensor,
         dense: torch.Tensor,
         mode: OutputMode = OutputMode(),
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns logits (B, K, 256, 256) and SAM's predicted IoU (B, K); see :class:`OutputMode`."""
+    ) -> DecoderOutput:
+        """Logits (B, K, 256, 256) and SAM's predicted IoU (B, K); shapes as :meth:`MaskDecoder.forward`."""
+        self.capabilities.check_mode(mode)
         sam_masks, iou, hq_mask = self.decode_all(features, image_pe, sparse, dense)
-        hq = mode.hq or "sum"
+        hq = mode.hq or self.capabilities.output_modes[0]
         if hq == "candidates":
-            return sam_masks[:, 1:] + hq_mask, iou[:, 1:]
-        if hq == "sam_only":
-            return (sam_masks[:, 1:], iou[:, 1:]) if mode.multimask else (sam_masks[:, :1], iou[:, :1])
-        if mode.multimask:
-            sam_mask, score = select_by_iou(sam_masks, iou)
+            logits, scores = sam_masks[:, 1:] + hq_mask, iou[:, 1:]
+        elif hq == "sam_only":
+            chosen = slice(1, None) if mode.multimask else slice(0, 1)
+            logits, scores = sam_masks[:, chosen], iou[:, chosen]
         else:
-            sam_mask, score = sam_masks[:, :1], iou[:, :1]
-        if hq == "hq_only":
-            return hq_mask, score
-        return sam_mask + hq_mask, score
+            sam_mask, scores = select_by_iou(sam_masks, iou) if mode.multimask else (sam_masks[:, :1], iou[:, :1])
+            logits = hq_mask if hq == "hq_only" else sam_mask + hq_mask
+        return DecoderOutput(logits, scores, logits, sam_masks, iou, hq_logits=hq_mask)

@@ -132,7 +132,9 @@ class Block(nn.Module):
 class ImageEncoderViT(nn.Module):
     """SAM's ViT: (B, 3, 1024, 1024) normalised image -> :class:`ImageFeatures`.
 
-    ``interm`` holds the outputs of the global-attention blocks, each (B, 64, 64, embed_dim).
+    With ``keep_early`` the output of the first global-attention block, (B, 64, 64, embed_dim),
+    is kept as ``ImageFeatures.early`` (HQ-SAM's and Pi-SAM's early feature); no other block
+    output is kept.
     """
 
     def __init__(
@@ -176,12 +178,12 @@ class ImageEncoderViT(nn.Module):
     def early_feature_dim(self) -> int:
         return self.pos_embed.shape[-1]
 
-    def forward(self, x: torch.Tensor) -> ImageFeatures:
+    def forward(self, x: torch.Tensor, keep_early: bool = False) -> ImageFeatures:
+        """x: (B, 3, 1024, 1024) normalised image."""
         x = self.patch_embed(x) + self.pos_embed
-        interm = []
+        early = None
         for block in self.blocks:
             x = block(x)
-            if block.window_size == 0:
-                interm.append(x)
-        embedding = self.neck(x.permute(0, 3, 1, 2))
-        return ImageFeatures(embedding, tuple(interm))
+            if keep_early and early is None and block.window_size == 0:
+                early = x
+        return ImageFeatures(self.neck(x.permute(0, 3, 1, 2)), early)

@@ -1,64 +1,37 @@
-"""SAM's mask decoder, split into steps that the HQ and Pi decoders reuse."""
+"""SAM's mask decoder, split into steps that the HQ and Pi decoders (which compose it) reuse."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .common import MLP, LayerNorm2d
+from .decoder_api import DecoderCapabilities, DecoderOutput, OutputMode, broadcast_to_prompts, hypernetwork_product
 from .features import ImageFeatures
 from .transformer import TwoWayTransformer
 
-HQ_OUTPUTS = ("sum", "hq_only", "sam_only", "candidates")
+# SAM's decoder modules; HQ and Pi decoders hold them under ``sam.``.
+SAM_MODULES = ("iou_token", "mask_tokens", "transformer", "output_upscaling", "output_hypernetworks_mlps", "iou_prediction_head")
 
 
-@dataclass(frozen=True)
-class OutputMode:
-    """Which logits a decoder returns for each prompt.
-
-    multimask: SAM's ``multimask_output``. For SAM models, True gives the 3 multimask outputs
-        and False the single-mask output. For HQ models in "sum"/"hq_only" mode it keeps the
-        official HQ-SAM meaning: True selects the best of SAM's 3 outputs by predicted IoU and
-        still returns one mask.
-    hq: HQ models only; None means the model's default ("sum"). "sum": SAM logits + HQ logits
-        (official ``hq_token_only=False``); "hq_only": HQ logits (``hq_token_only=True``);
-        "sam_only": what the SAM tokens give inside the HQ model, with SAM's multimask meaning;
-        "candidates": SAM's 3 multimask logits each plus the HQ logits (K = 3).
-    """
-
-    multimask: bool = True
-    hq: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.hq is not None and self.hq not in HQ_OUTPUTS:
-            raise ValueError(f"hq_output must be one of {HQ_OUTPUTS}, got {self.hq!r}")
-
-
-def broadcast_to_prompts(image_tensor: torch.Tensor, prompts: int) -> torch.Tensor:
-    """Map per-image tensors (B_img, ...) onto B prompts: one image for all, or one per prompt."""
-    if image_tensor.shape[0] == prompts:
-        return image_tensor
-    if image_tensor.shape[0] == 1:
-        return image_tensor.expand(prompts, *image_tensor.shape[1:])
-    raise ValueError(
-        f"{image_tensor.shape[0]} images for {prompts} prompts: pass one image, or one image per prompt"
-    )
-
-
-def select_by_iou(masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep, per prompt, the multimask output (tokens 1..3) with the highest predicted IoU.
-
-    masks: (B, 4, H, W), iou: (B, 4) -> (B, 1, H, W), (B, 1).
-    """
-    best_iou, best = iou[:, 1:4].max(dim=1)
-    chosen = masks[:, 1:4][torch.arange(masks.shape[0], device=masks.device), best]
-    return chosen.unsqueeze(1), best_iou.unsqueeze(1)
+def prefixes(modules: tuple[str, ...], part: str) -> tuple[tuple[str, str], ...]:
+    """(official prefix, module prefix) pairs for ``modules`` held by a part named ``part``."""
+    return tuple((f"{module}.", f"{part}.{module}.") for module in modules)
 
 
 class MaskDecoder(nn.Module):
-    """SAM's decoder: image embedding + prompt embeddings -> (B, K, 256, 256) logits, (B, K) IoU."""
+    """SAM's decoder: image embedding + prompt embeddings -> (B, K, 256, 256) logits, (B, K) IoU.
+
+    Module names are the official checkpoint keys (under ``mask_decoder.``).
+    """
+
+    capabilities: ClassVar[DecoderCapabilities] = DecoderCapabilities()
+    # (official key prefix, module key prefix) pairs under ``mask_decoder.``; SAM's keys are its own.
+    official_prefixes: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # Submodules added over SAM's decoder: what training on a frozen SAM learns.
+    new_parts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -128,7 +101,6 @@ class MaskDecoder(nn.Module):
         masks = hypernetwork_product(hyper_in, upscaled)
         return masks, self.iou_prediction_head(hs[:, 0]), upscaled
 
-    # -------------------------------------------------------------------------------------------
     def forward(
         self,
         features: ImageFeatures,
@@ -136,21 +108,15 @@ class MaskDecoder(nn.Module):
         sparse: torch.Tensor,
         dense: torch.Tensor,
         mode: OutputMode = OutputMode(),
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns logits (B, K, 256, 256) and predicted IoU (B, K); K = 3 if multimask else 1."""
-        if mode.hq is not None:
-            raise ValueError(
-                f"hq_output={mode.hq!r} / hq_token_only apply to HQ-SAM models; this model has no HQ token. "
-                "Load an hq_* model or leave the option out."
-            )
+    ) -> DecoderOutput:
+        """Logits (B, K, 256, 256) and predicted IoU (B, K); K = 3 if ``mode.multimask`` else 1.
+
+        features: embedding (1 or B, 256, 64, 64); image_pe: (1, 256, 64, 64); sparse:
+        (B, N, 256) and dense: (B, 256, 64, 64) prompt embeddings.
+        """
+        self.capabilities.check_mode(mode)
         hs, src = self.run_transformer(features.embedding, image_pe, sparse, dense)
         masks, iou, _ = self.sam_masks(hs, src)
-        if mode.multimask:
-            return masks[:, 1:], iou[:, 1:]
-        return masks[:, :1], iou[:, :1]
-
-
-def hypernetwork_product(hyper_in: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-    """Per-token dot products: hyper_in (B, K, C) x feature (B, C, H, W) -> (B, K, H, W)."""
-    batch, channels, height, width = feature.shape
-    return (hyper_in @ feature.reshape(batch, channels, height * width)).reshape(batch, -1, height, width)
+        chosen = slice(1, None) if mode.multimask else slice(0, 1)
+        logits = masks[:, chosen]
+        return DecoderOutput(logits, iou[:, chosen], logits, masks, iou)

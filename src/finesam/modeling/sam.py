@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints.files import to_official_keys
+from .decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
 from .features import ImageFeatures
-from .hr_decoder import HRState
-from .mask_decoder import MaskDecoder, OutputMode
 from .prompt_encoder import PromptEncoder
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -19,7 +20,14 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 class Sam(nn.Module):
     """Promptable segmentation model. Module names (``image_encoder``, ``prompt_encoder``,
-    ``mask_decoder``) are the official checkpoint prefixes."""
+    ``mask_decoder``) are the official checkpoint prefixes.
+
+    The decoder is any module with the decoder interface: ``capabilities``
+    (:class:`DecoderCapabilities`), ``forward(features, image_pe, sparse, dense, mode) ->
+    DecoderOutput``, ``official_prefixes`` and ``new_parts`` (and ``correct`` when it declares
+    ``corrects_clicks``). The encoder maps a (B, 3, 1024, 1024) normalised image and
+    ``keep_early`` to :class:`ImageFeatures`.
+    """
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
@@ -28,7 +36,7 @@ class Sam(nn.Module):
         self,
         image_encoder: nn.Module,
         prompt_encoder: PromptEncoder,
-        mask_decoder: MaskDecoder,
+        mask_decoder: nn.Module,
         pixel_mean: tuple[float, float, float] = PIXEL_MEAN,
         pixel_std: tuple[float, float, float] = PIXEL_STD,
     ) -> None:
@@ -47,6 +55,21 @@ class Sam(nn.Module):
     def image_size(self) -> int:
         return self.prompt_encoder.input_image_size[0]
 
+    @property
+    def capabilities(self) -> DecoderCapabilities:
+        """What the decoder accepts and returns (see :class:`DecoderCapabilities`)."""
+        return self.mask_decoder.capabilities
+
+    @property
+    def official_key_prefixes(self) -> tuple[tuple[str, str], ...]:
+        """(official checkpoint key prefix, ``state_dict`` key prefix) pairs where they differ."""
+        return tuple((f"mask_decoder.{official}", f"mask_decoder.{ours}") for official, ours in self.mask_decoder.official_prefixes)
+
+    def official_state_dict(self) -> dict[str, torch.Tensor]:
+        """``state_dict()`` with the official checkpoint key names (what :func:`finesam.save` writes)."""
+        return to_official_keys(self.state_dict(), self.official_key_prefixes)
+
+    # --- image -----------------------------------------------------------------------------------
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) RGB in 0..255 with max(h, w) = 1024 -> normalised, zero-padded (B, 3, 1024, 1024)."""
         x = (x - self.pixel_mean) / self.pixel_std
@@ -54,16 +77,24 @@ class Sam(nn.Module):
         return F.pad(x, (0, self.image_size - width, 0, self.image_size - height))
 
     def encode_image(self, x: torch.Tensor) -> ImageFeatures:
-        """(B, 3, h, w) resized RGB in 0..255 -> :class:`ImageFeatures`."""
+        """(B, 3, h, w) resized RGB in 0..255 -> :class:`ImageFeatures` with what the decoder needs."""
+        return self.encode_preprocessed(self.preprocess(x.float()))
+
+    def encode_preprocessed(self, image: torch.Tensor) -> ImageFeatures:
+        """(B, 3, 1024, 1024) normalised padded image -> :class:`ImageFeatures`.
+
+        The encoder runs in its own dtype; its outputs come back as float32.
+        """
+        needs = self.capabilities.encoder_features
         encoder_dtype = next(self.image_encoder.parameters()).dtype
-        image = self.preprocess(x.float())
-        features = self.image_encoder(image.to(encoder_dtype))
+        features = self.image_encoder(image.to(encoder_dtype), keep_early="early" in needs)
         if encoder_dtype != torch.float32:
             features = features.to(dtype=torch.float32)
-        if getattr(self.mask_decoder, "needs_image", False):
+        if "image" in needs:
             features = dataclasses.replace(features, image=image)
         return features
 
+    # --- prompts -> masks ------------------------------------------------------------------------
     def decode(
         self,
         features: ImageFeatures,
@@ -71,20 +102,30 @@ class Sam(nn.Module):
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         mode: OutputMode = OutputMode(),
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts in the 1024 frame -> low-res logits (B, K, 256, 256) and scores (B, K).
+    ) -> DecoderOutput:
+        """Prompts in the 1024 frame -> :class:`DecoderOutput` for B prompts.
 
-        points: ((B, N, 2) xy, (B, N) labels); boxes: (B, 4) xyxy; mask_input: (B, 1, 256, 256).
+        points: ((B, N, 2) xy, (B, N) labels); boxes: (B, 4) xyxy; mask_input: (B, 1, 256, 256)
+        logits. Prompt kinds the decoder does not declare are refused.
         """
+        self.capabilities.check_prompts(points is not None, boxes is not None, mask_input is not None)
         sparse, dense = self.prompt_encoder(points, boxes, mask_input)
         return self.mask_decoder(features, self.prompt_encoder.get_dense_pe(), sparse, dense, mode)
 
-    def decode_high_res(self, features: ImageFeatures, boxes: torch.Tensor) -> HRState:
-        """Pi-SAM: boxes (B, 4) in the 1024 frame -> the decoder state (stage-1 logits, object
-        embedding, RGB embedding, scores) that :meth:`HRMaskDecoder.high_res_logits` and
-        :meth:`HRMaskDecoder.correct` turn into 1024x1024 logits."""
-        sparse, dense = self.prompt_encoder(None, boxes, None)
-        return self.mask_decoder.decode_state(features, self.prompt_encoder.get_dense_pe(), sparse, dense)
+    def correct(
+        self, state: CorrectionState, points: torch.Tensor, flags: torch.Tensor, padding: torch.Tensor | None = None
+    ) -> DecoderOutput:
+        """Correct an earlier prediction's ``state`` from clicks (decoders declaring ``corrects_clicks``).
+
+        points: (B, N, 2) (x, y) normalised to [0, 1] over the padded 1024 frame (x / 1024);
+        flags: (B, N) 1 foreground / 0 background; padding: (B, N) True for unused slots.
+        """
+        if not self.capabilities.corrects_clicks:
+            raise ValueError(
+                "this model's decoder does not correct clicks (a Pi-SAM model does); refine SAM/HQ masks "
+                "with the clicks and the previous low-res logits as mask_input"
+            )
+        return self.mask_decoder.correct(state, points, flags, padding)
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
@@ -93,4 +134,52 @@ class Sam(nn.Module):
         if masks.shape[-2:] != (self.image_size, self.image_size):
             masks = F.interpolate(masks, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
-        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+        return F.interpolate(masks, tuple(int(v) for v in original_size), mode="bilinear", align_corners=False)
+
+    # --- the official batched interface ----------------------------------------------------------
+    def forward(
+        self,
+        batched_input: Sequence[dict[str, Any]],
+        multimask_output: bool,
+        hq_token_only: bool | None = None,
+        hq_output: str | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """The official ``Sam.forward``: images encoded as one batch, each with its own prompts.
+
+        Each record: ``image`` (3, h, w) RGB 0..255, resized so that max(h, w) = 1024;
+        ``original_size`` (H, W); optional ``point_coords`` (B, N, 2) with ``point_labels``
+        (B, N), ``boxes`` (B, 4), ``mask_inputs`` (B, 1, 256, 256), all in the 1024 frame.
+        Returns per record ``masks`` (B, K, H, W) bool, ``iou_predictions`` (B, K) and
+        ``low_res_logits`` (B, K, 256, 256). Gradients flow (no ``no_grad``), so the model can
+        be trained and wrapped by DDP. ``hq_token_only`` / ``hq_output``: HQ models, as in
+        :meth:`finesam.SamPredictor.predict`.
+        """
+        mode = OutputMode.from_flags(multimask_output, hq_token_only, hq_output)
+        self.capabilities.check_mode(mode)
+        if not batched_input:
+            raise ValueError("batched_input is empty: pass a list of dicts, one per image")
+        images = []
+        for index, record in enumerate(batched_input):
+            image = record.get("image") if isinstance(record, dict) else None
+            if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3 or max(image.shape[1:]) != self.image_size:
+                shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+                raise ValueError(
+                    f"batched_input[{index}]['image'] must be a (3, h, w) tensor with max(h, w) == {self.image_size} "
+                    f"(resize with ResizeLongestSide first), got {shape}"
+                )
+            if "original_size" not in record:
+                raise ValueError(f"batched_input[{index}] needs 'original_size' (H, W) of the image before resizing")
+            images.append(self.preprocess(image.to(self.device).float()))
+        features = self.encode_preprocessed(torch.stack(images))
+        outputs = []
+        for index, record in enumerate(batched_input):
+            coords = record.get("point_coords")
+            points = (coords, record.get("point_labels")) if coords is not None else None
+            output = self.decode(features.select(index), points, record.get("boxes"), record.get("mask_inputs"), mode)
+            masks = self.postprocess_masks(output.logits, record["image"].shape[-2:], record["original_size"])
+            outputs.append({
+                "masks": masks > self.mask_threshold,
+                "iou_predictions": output.scores,
+                "low_res_logits": output.low_res,
+            })
+        return outputs

@@ -198,8 +198,8 @@ class BasicLayer(nn.Module):
 class TinyViT(nn.Module):
     """TinyViT for SAM: (B, 3, 1024, 1024) -> :class:`ImageFeatures`.
 
-    ``interm`` holds one tensor: the stage-2 output after its patch merge, (B, 64, 64, 160)
-    for TinyViT-5M (Light HQ-SAM's early feature). ``norm_head``/``head`` are the unused
+    With ``keep_early``, ``ImageFeatures.early`` is the stage-2 output after its patch merge,
+    (B, 64, 64, 160) for TinyViT-5M (Light HQ-SAM's early feature). ``norm_head``/``head`` are the unused
     ImageNet classifier, kept so that the official files load strictly.
     """
 
@@ -217,6 +217,7 @@ class TinyViT(nn.Module):
         out_chans: int = 256,
     ) -> None:
         super().__init__()
+        self.img_size = img_size
         self.patch_embed = PatchEmbed(3, embed_dims[0])
         resolution = img_size // 4
         # Each merge halves the grid except the last one (stage 2 -> 3), which keeps 64x64.
@@ -248,13 +249,14 @@ class TinyViT(nn.Module):
         self.early_stage = 1
         self.early_feature_dim = embed_dims[self.early_stage + 1]
 
-    def forward(self, x: torch.Tensor) -> ImageFeatures:
+    def forward(self, x: torch.Tensor, keep_early: bool = False) -> ImageFeatures:
+        """x: (B, 3, 1024, 1024) normalised image."""
         x = self.patch_embed(x)
         early = None
         for stage, layer in enumerate(self.layers):
             x = layer(x)
-            if stage == self.early_stage:
+            if keep_early and stage == self.early_stage:
                 early = x.view(x.shape[0], self.grid, self.grid, -1)
         batch = x.shape[0]
         embedding = self.neck(x.view(batch, self.grid, self.grid, -1).permute(0, 3, 1, 2))
-        return ImageFeatures(embedding, (early,))
+        return ImageFeatures(embedding, early)

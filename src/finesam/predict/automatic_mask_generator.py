@@ -6,7 +6,7 @@ any model from :func:`finesam.load`. Differences, none of which change the resul
 
 * logits are upsampled to the image size only for masks that pass ``pred_iou_thresh``, and
   in chunks, so memory does not grow with ``points_per_batch x 3 x H x W``;
-* NMS is :mod:`finesam.nms` (pure torch, same result as torchvision's).
+* NMS is :mod:`finesam.ops.nms` (pure torch, same result as torchvision's).
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..modeling.decoder_api import OutputMode
+from ..modeling.sam import Sam
+from ..ops.nms import batched_nms
+from ..optional import require
 from .amg_utils import (
-    PYCOCOTOOLS_MISSING,
+    COCO_RLE_FEATURE,
     MaskData,
     area_from_rle,
     batch_iterator,
@@ -40,11 +44,7 @@ from .amg_utils import (
     uncrop_masks,
     uncrop_points,
 )
-from .modeling.mask_decoder import MaskDecoder, OutputMode
-from .modeling.sam import Sam
-from .nms import batched_nms
 from .predictor import SamPredictor
-from .predictor import output_mode as resolve_output_mode
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -75,7 +75,7 @@ class AutomaticMaskGenerator:
         output_mode: "binary_mask" ((H, W) bool arrays), "uncompressed_rle" or "coco_rle"
             (needs pycocotools).
         multimask_output: 3 masks per point for SAM models (HQ models: see
-            :class:`~finesam.modeling.mask_decoder.OutputMode`).
+            :class:`~finesam.modeling.decoder_api.OutputMode`).
         hq_token_only / hq_output: HQ models only, as in :meth:`SamPredictor.predict`;
             ``hq_output="candidates"`` gives 3 HQ-refined masks per point.
         progress: show a tqdm progress bar over point batches.
@@ -102,10 +102,11 @@ class AutomaticMaskGenerator:
         hq_output: str | None = None,
         progress: bool = False,
     ) -> None:
-        if getattr(model.mask_decoder, "high_resolution", False):
+        if "points" not in model.capabilities.prompts:
             raise ValueError(
-                "automatic mask generation prompts a grid of points, and Pi-SAM's decoder is trained on boxes "
-                "only: use a SAM or HQ-SAM model (e.g. hq_vit_b) for AutomaticMaskGenerator"
+                f"automatic mask generation prompts a grid of points, and this model takes "
+                f"{model.capabilities.prompt_text} (Pi-SAM is trained on boxes): use a SAM or HQ-SAM model "
+                "(e.g. hq_vit_b) for AutomaticMaskGenerator"
             )
         _check_int("points_per_batch", points_per_batch, 1)
         _check_int("crop_n_layers", crop_n_layers, 0)
@@ -122,10 +123,7 @@ class AutomaticMaskGenerator:
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
         if output_mode == "coco_rle":
-            try:
-                import pycocotools.mask  # noqa: F401
-            except ImportError as error:
-                raise ImportError(PYCOCOTOOLS_MISSING) from error
+            require("pycocotools.mask", COCO_RLE_FEATURE)
 
         self.point_grids = _point_grids(points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor)
         self.predictor = SamPredictor(model)
@@ -186,11 +184,8 @@ class AutomaticMaskGenerator:
         multimask = self.multimask_output if multimask_output is None else multimask_output
         if hq_token_only is None and hq_output is None:
             hq_token_only, hq_output = self.hq_token_only, self.hq_output
-        mode = resolve_output_mode(multimask, hq_token_only, hq_output)
-        if mode.hq is not None and type(self.predictor.model.mask_decoder) is MaskDecoder:
-            raise ValueError(
-                f"hq_output={mode.hq!r} / hq_token_only apply to HQ-SAM models; this model has no HQ token"
-            )
+        mode = OutputMode.from_flags(multimask, hq_token_only, hq_output)
+        self.predictor.capabilities.check_mode(mode)
         return mode
 
     def _generate_masks(self, image: np.ndarray, mode: OutputMode) -> MaskData:
@@ -243,7 +238,8 @@ class AutomaticMaskGenerator:
         dtype = torch.float32 if device.type == "mps" else torch.float64  # the official prompts are float64
         coords = torch.as_tensor(predictor.transform.apply_coords(points, crop_size), dtype=dtype, device=device)
         labels = torch.ones(len(points), 1, dtype=torch.int64, device=device)
-        low_res, iou_preds = model.decode(predictor.image_features, (coords[:, None], labels), None, None, mode)
+        output = model.decode(predictor.image_features, (coords[:, None], labels), None, None, mode)
+        low_res, iou_preds = output.logits, output.scores
         per_point = low_res.shape[1]
         low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
         point_rows = torch.as_tensor(points).repeat_interleave(per_point, dim=0)

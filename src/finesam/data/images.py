@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 PALETTE = np.array(
     [[30, 144, 255], [255, 99, 71], [50, 205, 50], [255, 215, 0], [186, 85, 211], [0, 206, 209]], dtype=np.float32
@@ -18,14 +18,21 @@ class ImageReadError(ValueError):
     """An image file that cannot be read."""
 
 
+def as_displayed(image: Image.Image) -> Image.Image:
+    """The image as viewers show it: its EXIF orientation (rotation / mirror) applied."""
+    return ImageOps.exif_transpose(image)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read any PIL-readable image as (H, W, 3) uint8 RGB (greyscale/RGBA/palette converted)."""
+    """Read any PIL-readable image as displayed, (H, W, 3) uint8 RGB: the EXIF orientation is
+    applied (a phone photo stored 4000x3000 with "rotate 90" comes back 3000x4000, so masks
+    and prompts are in the pixels the user sees); greyscale/RGBA/palette are converted."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"cannot read image {str(path)!r}: no such file")
     try:
         with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
+            return np.array(as_displayed(image).convert("RGB"))
     except (UnidentifiedImageError, OSError) as error:
         raise ImageReadError(f"cannot read image {str(path)!r}: {error}. Pass a PNG/JPEG/BMP/TIFF file.") from error
 

@@ -17,14 +17,16 @@ import warnings
 
 import torch
 
-from ..checkpoints import REGISTRY, CheckpointError, CheckpointNotFoundError, load
+from ..checkpoints import CheckpointError, CheckpointNotFoundError
 from ..data import DatasetError, open_dataset
-from ..modeling.mask_decoder import HQ_OUTPUTS
-from ..predictor import SamPredictor
-from .protocols import PROTOCOLS, make_protocol
-from .runner import RunMismatchError, evaluate
-
-EXIT_USAGE = 2
+from ..evaluation.protocols import PROTOCOLS, make_protocol
+from ..evaluation.runner import RunMismatchError, evaluate
+from ..loading import load
+from ..modeling.decoder_api import HQ_OUTPUTS
+from ..optional import MissingExtraError, require
+from ..predict.predictor import SamPredictor
+from ..registry import REGISTRY
+from . import EXIT_USAGE
 RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: these numbers are meaningless (pipeline check only)"
 
 
@@ -35,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Evaluate a model with one protocol on image/mask data sets. Writes per_image.csv, curves.npz, "
                     "summary.json, table.md and PNG plots into --out; rerun the same command to resume.",
     )
-    parser.add_argument("--model", required=True, choices=sorted(REGISTRY), help="model name")
+    parser.add_argument("--model", required=True, metavar="NAME", help=f"model name: {', '.join(REGISTRY)}, or one added with finesam.register_model")
     parser.add_argument("--checkpoint", help="weights file (default: $FINESAM_CHECKPOINTS or ~/.cache/finesam, else download)")
     parser.add_argument("--decoder-checkpoint", help="decoder weights file (Pi-SAM models)")
     parser.add_argument("--random-weights", action="store_true", help="seeded random weights: checks the pipeline only")
@@ -63,7 +65,6 @@ def _load_model(args: argparse.Namespace):
     if args.random_weights:
         if args.checkpoint:
             raise ValueError("--random-weights and --checkpoint exclude each other")
-        torch.manual_seed(0)
         print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
     return load(args.model, args.checkpoint, random_weights=args.random_weights, **options)
 
@@ -97,12 +98,17 @@ def run(args: argparse.Namespace) -> int:
         print("finesam eval: --limit must be >= 1", file=sys.stderr)
         return EXIT_USAGE
     try:
+        if not args.no_hce:
+            require("skimage.morphology", "finesam eval's human correction effort (HCE; skip it with --no-hce)")
         datasets = _open_datasets(args.data)
         protocol = make_protocol(args.protocol, **_protocol_options(args))
         model = _load_model(args)
         predictor = SamPredictor(model)
         protocol.check(predictor)
-    except (DatasetError, CheckpointNotFoundError, CheckpointError, ValueError, KeyError) as error:
+    except KeyError as error:  # unknown model name
+        print(f"finesam eval: {error.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DatasetError, CheckpointNotFoundError, CheckpointError, MissingExtraError, ValueError) as error:
         print(f"finesam eval: {error}", file=sys.stderr)
         return EXIT_USAGE
     run_info = {"model": args.model, "checkpoint": args.checkpoint, "decoder_checkpoint": args.decoder_checkpoint,

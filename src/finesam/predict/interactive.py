@@ -1,8 +1,9 @@
 """`InteractiveSession`: one object, refined click by click, with undo, for every model.
 
-SAM / HQ-SAM: each step predicts from the box (if any), all clicks so far and the previous
-low-res logits as ``mask_input`` (SAM's own refinement). Pi-SAM: the box gives the
-high-resolution mask, and the clicks go to the Precise Interactor, all together.
+Models whose decoder takes points (SAM, HQ-SAM): each step predicts from the box (if any), all
+clicks so far and the previous low-res logits as ``mask_input`` (SAM's own refinement). Models
+whose decoder corrects clicks (Pi-SAM): the box gives the mask, and the clicks go to
+``predictor.correct``, all together.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class _Snapshot:
     box: tuple[float, ...] | None
     clicks: tuple[tuple[float, float, bool], ...]
     result: SessionResult | None
-    high_res_state: object = None
+    correction_state: object = None
 
 
 @dataclass
@@ -54,16 +55,18 @@ class InteractiveSession:
 
     def set_box(self, box) -> np.ndarray:
         """Set (or replace) the object's box (x0, y0, x1, y1) pixels; returns the new mask."""
+        values = tuple(float(v) for v in np.asarray(box, dtype=float).reshape(-1))
         self._push()
-        self.box = tuple(float(v) for v in np.asarray(box, dtype=float).reshape(-1))
+        self.box = values
         return self._update(box_changed=True)
 
     def add_click(self, x: float, y: float, positive: bool = True) -> np.ndarray:
         """Add a foreground (``positive``) or background click at pixel (x, y); returns the new mask."""
-        if self.predictor.is_high_res and self.box is None:
-            raise ValueError("Pi-SAM corrects a box prediction: call set_box(...) before adding clicks")
+        if self._corrects and self.box is None:
+            raise ValueError("this model corrects a box prediction (Pi-SAM): call set_box(...) before adding clicks")
+        click = (float(x), float(y), bool(positive))
         self._push()
-        self.clicks.append((float(x), float(y), bool(positive)))
+        self.clicks.append(click)
         return self._update(box_changed=False)
 
     def undo(self) -> np.ndarray | None:
@@ -72,23 +75,24 @@ class InteractiveSession:
             raise IndexError("nothing to undo")
         snapshot = self._history.pop()
         self.box, self.clicks, self.result = snapshot.box, list(snapshot.clicks), snapshot.result
-        if self.predictor.is_high_res:
-            self.predictor.high_res_state = snapshot.high_res_state
+        self.predictor.correction_state = snapshot.correction_state
         return self.mask
 
     def reset(self) -> None:
         """Forget the object's prompts, mask and history (the image embedding is kept)."""
         self.box, self.clicks, self.result, self._history = None, [], None, []
-        if self.predictor.is_high_res:
-            self.predictor.high_res_state = None
+        self.predictor.correction_state = None
+
+    @property
+    def _corrects(self) -> bool:
+        return self.predictor.capabilities.corrects_clicks
 
     def _push(self) -> None:
-        state = self.predictor.high_res_state if self.predictor.is_high_res else None
-        self._history.append(_Snapshot(self.box, tuple(self.clicks), self.result, state))
+        self._history.append(_Snapshot(self.box, tuple(self.clicks), self.result, self.predictor.correction_state))
 
     def _update(self, box_changed: bool) -> np.ndarray:
         try:
-            self.result = self._predict_pi(box_changed) if self.predictor.is_high_res else self._predict_sam()
+            self.result = self._predict_corrected(box_changed) if self._corrects else self._predict_sam()
         except Exception:
             self.undo()  # leave the session as it was before the failed step
             raise
@@ -105,8 +109,8 @@ class InteractiveSession:
         best = int(np.argmax(scores))
         return SessionResult(masks[best], float(scores[best]), low_res[best : best + 1])
 
-    def _predict_pi(self, box_changed: bool) -> SessionResult:
-        if box_changed or self.predictor.high_res_state is None:
+    def _predict_corrected(self, box_changed: bool) -> SessionResult:
+        if box_changed or self.predictor.correction_state is None:
             masks, scores, low_res = self.predictor.predict(box=np.array(self.box))
         if self.clicks:
             fg = [c[:2] for c in self.clicks if c[2]]

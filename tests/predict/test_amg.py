@@ -3,6 +3,7 @@ segment_anything_hq 0.3) with the same seeded random weights, plus the amg_utils
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 
@@ -11,10 +12,10 @@ import pytest
 import torch
 
 import finesam
-from finesam import amg_utils
-from finesam.automatic_mask_generator import AutomaticMaskGenerator
-from finesam.checkpoints import REGISTRY
-from finesam.modeling.mask_decoder import OutputMode
+from finesam.predict import amg_utils
+from finesam.predict.automatic_mask_generator import AutomaticMaskGenerator
+from finesam.registry import REGISTRY
+from finesam.modeling.decoder_api import DecoderOutput, OutputMode
 
 from conftest import randomize_, save_state
 
@@ -68,7 +69,11 @@ class PointBlobs:
             return prompt_forward(*args, **kwargs)
 
         def decode(*args, **kwargs):
-            masks, iou = self.decode(*args, **kwargs)
+            result = self.decode(*args, **kwargs)
+            if isinstance(result, DecoderOutput):  # ours
+                logits = result.logits + blob_logits(self.points, result.logits.shape[1])
+                return dataclasses.replace(result, logits=logits, low_res=logits)
+            masks, iou = result  # the official decoders
             return masks + blob_logits(self.points, masks.shape[1]), iou
 
         model.prompt_encoder.forward = prompt

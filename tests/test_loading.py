@@ -9,13 +9,14 @@ import pytest
 import torch
 
 import finesam
-from finesam.checkpoints import REGISTRY, CheckpointError, CheckpointNotFoundError, get_spec
+from finesam.checkpoints import CheckpointError, CheckpointNotFoundError
+from finesam.registry import REGISTRY, get_spec
 
 
 @pytest.fixture(scope="module")
 def tiny_states():
     torch.manual_seed(0)
-    return {name: REGISTRY[name].build().state_dict() for name in ("mobile_sam", "hq_vit_tiny")}
+    return {name: REGISTRY[name].build().official_state_dict() for name in ("mobile_sam", "hq_vit_tiny")}
 
 
 def test_official_key_sets_load_strictly(tmp_path, tiny_states):
@@ -42,7 +43,7 @@ def test_init_missing_hq_initialises_and_says_which(tmp_path, tiny_states):
     with pytest.warns(UserWarning, match="hf_token.weight") as record:
         model = finesam.load("hq_vit_tiny", path, init_missing="hq")
     assert "25 HQ keys" in str(record[0].message)
-    state = model.state_dict()
+    state = model.official_state_dict()
     assert torch.equal(state["mask_decoder.iou_token.weight"], tiny_states["mobile_sam"]["mask_decoder.iou_token.weight"])
     with pytest.raises(ValueError, match="only valid"):
         finesam.load("mobile_sam", path, init_missing="hq")
@@ -147,7 +148,7 @@ def test_bfloat16_encoder_keeps_float32_outputs():
         warnings.simplefilter("always")
         model = finesam.load(spec, random_weights=True, dtype=torch.bfloat16)
     slow_warning = [w for w in caught if "bfloat16" in str(w.message)]
-    assert bool(slow_warning) != finesam.checkpoints.cpu_has_native_bfloat16()
+    assert bool(slow_warning) != finesam.loading.cpu_has_native_bfloat16()
     assert next(model.image_encoder.parameters()).dtype == torch.bfloat16
     assert next(model.mask_decoder.parameters()).dtype == torch.float32
     with torch.no_grad():

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .modeling.features import ImageFeatures
-from .modeling.mask_decoder import OutputMode
-from .modeling.sam import Sam
+from ..modeling.decoder_api import CorrectionState, DecoderCapabilities, OutputMode
+from ..modeling.features import ImageFeatures
+from ..modeling.sam import Sam
 from .transforms import ResizeLongestSide
 
 VALID_LABELS = (-1, 0, 1)
-
-
-def output_mode(multimask_output: bool, hq_token_only: bool | None, hq_output: str | None) -> OutputMode:
-    """Translate the official ``hq_token_only`` flag and our ``hq_output`` into one value."""
-    if hq_output is not None and hq_token_only is not None:
-        expected = "hq_only" if hq_token_only else "sum"
-        if hq_output != expected:
-            raise ValueError(f"hq_token_only={hq_token_only} contradicts hq_output={hq_output!r}; pass only one")
-    if hq_output is None and hq_token_only:
-        hq_output = "hq_only"
-    return OutputMode(multimask=bool(multimask_output), hq=hq_output)
 
 
 def _check_finite(name: str, values: np.ndarray) -> None:
@@ -124,12 +111,13 @@ class SamPredictor:
         self.is_image_set = True
 
     @property
-    def is_high_res(self) -> bool:
-        """True for Pi-SAM models: masks come from the 1024x1024 head and clicks go to :meth:`correct`."""
-        return bool(getattr(self.model.mask_decoder, "high_resolution", False))
+    def capabilities(self) -> DecoderCapabilities:
+        """What the model's decoder accepts and returns (prompt kinds, output modes, click correction)."""
+        return self.model.capabilities
 
     def reset_image(self) -> None:
-        self.high_res_state = None
+        # What correct() refines: the last prediction's state (decoders that correct clicks).
+        self.correction_state: CorrectionState | None = None
         self.is_image_set = False
         self.image_features: ImageFeatures | None = None
         self.original_size: tuple[int, int] | None = None
@@ -142,8 +130,11 @@ class SamPredictor:
 
     @property
     def interm_features(self) -> list[torch.Tensor] | None:
-        """Intermediate encoder features, as ``segment_anything_hq``'s predictor."""
-        return None if self.image_features is None else list(self.image_features.interm)
+        """``[early feature]`` (B, 64, 64, C), as ``segment_anything_hq``'s predictor's first entry
+        (the only one HQ-SAM reads); None when the decoder does not use it."""
+        if self.image_features is None or self.image_features.early is None:
+            return None
+        return [self.image_features.early]
 
     def get_image_embedding(self) -> torch.Tensor:
         self._require_image()
@@ -184,7 +175,7 @@ class SamPredictor:
         mask_input: (1, 256, 256) low-res logits from an earlier call.
         Returns masks (K, H, W) bool (float logits with ``return_logits``), scores (K,), low-res
         logits (K, 256, 256). K = 3 with ``multimask_output`` for SAM, 1 otherwise (HQ: see
-        :class:`~finesam.modeling.mask_decoder.OutputMode`).
+        :class:`~finesam.modeling.decoder_api.OutputMode`).
         """
         self._require_image()
         coords = labels = boxes = None
@@ -222,29 +213,13 @@ class SamPredictor:
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels is required with point_coords")
         points = (point_coords, point_labels) if point_coords is not None else None
-        mode = output_mode(multimask_output, hq_token_only, hq_output)
-        if self.is_high_res:
-            masks, scores, low_res = self._predict_high_res(points, boxes, mask_input, mode)
-        else:
-            low_res, scores = self.model.decode(self.image_features, points, boxes, mask_input, mode)
-            masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        mode = OutputMode.from_flags(multimask_output, hq_token_only, hq_output)
+        output = self.model.decode(self.image_features, points, boxes, mask_input, mode)
+        self.correction_state = output.state
+        masks = self.model.postprocess_masks(output.logits, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
-        return masks, scores, low_res
-
-    def _predict_high_res(self, points, boxes, mask_input, mode: OutputMode):
-        """Pi-SAM: the 1024x1024 head's logits, resized to the image; keeps the state for :meth:`correct`."""
-        if points is not None or mask_input is not None or boxes is None:
-            raise ValueError(
-                "Pi-SAM models take a box prompt only (their decoder was trained on boxes): pass box=..., "
-                "then refine with predictor.correct(fg_points=..., bg_points=...)"
-            )
-        if mode.hq is not None:
-            raise ValueError("hq_output / hq_token_only apply to HQ-SAM models; Pi-SAM returns its high-resolution mask")
-        state = self.model.decode_high_res(self.image_features, boxes)
-        self.high_res_state = state
-        logits = self.model.mask_decoder.high_res_logits(state.object_embedding, state.rgb)
-        return self.model.postprocess_masks(logits, self.input_size, self.original_size), state.scores, state.low_res
+        return masks, output.scores, output.low_res
 
     @torch.no_grad()
     def correct(
@@ -253,20 +228,21 @@ class SamPredictor:
         bg_points: np.ndarray | None = None,
         return_logits: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Pi-SAM: correct the last ``predict`` with clicks on wrongly predicted areas.
+        """Correct the last ``predict`` with clicks on wrongly predicted areas (models whose
+        decoder declares ``corrects_clicks``: Pi-SAM).
 
         fg_points: (N, 2) (x, y) pixels of the original image that should be foreground;
         bg_points: (M, 2) pixels that should be background. All clicks are applied together to
         the last prediction (a new call replaces, not stacks, earlier corrections).
-        Returns masks (1, H, W), scores (1,) (the prediction's score), and the corrected
-        1024x1024 logits downsampled to (1, 256, 256).
+        Returns masks (1, H, W), scores (1,) (the prediction's score), and the prediction's
+        (1, 256, 256) low-res logits (stage 1, which the clicks do not change).
         """
-        if not self.is_high_res:
+        if not self.capabilities.corrects_clicks:
             raise ValueError(
-                "correct() needs a Pi-SAM model (pi_vit_*); for SAM/HQ models use finesam.InteractiveSession, "
-                "which refines with the previous mask and all clicks"
+                "correct() needs a model whose decoder corrects clicks (Pi-SAM, pi_vit_*); for SAM/HQ models use "
+                "finesam.InteractiveSession, which refines with the previous mask and all clicks"
             )
-        state = self.high_res_state
+        state = self.correction_state
         if state is None:
             raise RuntimeError("call predict(box=...) first: correct() refines the last prediction")
         if state.low_res.shape[0] != 1:
@@ -284,12 +260,11 @@ class SamPredictor:
         frame = self.transform.apply_coords(np.concatenate(clicks), self.original_size)
         normalised = torch.as_tensor(frame / self.model.image_size, dtype=torch.float32, device=self.device)
         flag_tensor = torch.as_tensor(flags, dtype=torch.int64, device=self.device)
-        logits = self.model.mask_decoder.correct(state, normalised[None], flag_tensor[None])
-        masks = self.model.postprocess_masks(logits, self.input_size, self.original_size)
+        output = self.model.correct(state, normalised[None], flag_tensor[None])
+        masks = self.model.postprocess_masks(output.logits, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
-        low_res = F.interpolate(logits, size=state.low_res.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
-        return masks[0].cpu().numpy(), state.scores[0].cpu().numpy(), low_res[0].cpu().numpy()
+        return masks[0].cpu().numpy(), output.scores[0].cpu().numpy(), output.low_res[0].cpu().numpy()
 
     def predict_batch(
         self,

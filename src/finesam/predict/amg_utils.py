@@ -17,12 +17,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..optional import require
+
 Rle = dict  # {"size": [H, W], "counts": list[int]}
 
-PYCOCOTOOLS_MISSING = (
-    "output_mode='coco_rle' needs pycocotools, which is not installed: `pip install pycocotools` "
-    "(or use output_mode='uncompressed_rle' and encode later)"
-)
+COCO_RLE_FEATURE = "output_mode='coco_rle' (or use output_mode='uncompressed_rle' and encode later)"
 
 
 class MaskData:
@@ -259,10 +258,7 @@ def area_from_rle(rle: Rle) -> int:
 
 def coco_encode_rle(rle: Rle) -> dict:
     """Uncompressed RLE -> pycocotools' compressed RLE, ``counts`` as a str (JSON-friendly)."""
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError as error:
-        raise ImportError(PYCOCOTOOLS_MISSING) from error
+    mask_utils = require("pycocotools.mask", COCO_RLE_FEATURE)
     height, width = rle["size"]
     encoded = mask_utils.frPyObjects(rle, height, width)
     encoded["counts"] = encoded["counts"].decode("utf-8")

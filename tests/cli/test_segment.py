@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finesam import cli, demo
+from finesam import cli
+from finesam.cli import demo
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """`make demo`: segment bundled photographs (scikit-image) and ../shared/data/demo when present.
 
-    python -m finesam.demo [--model hq_vit_tiny] [--checkpoint F] [--random-weights] [--out demo-output]
+    python -m finesam.cli.demo [--model hq_vit_tiny] [--checkpoint F] [--random-weights] [--out demo-output]
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from typing import Iterator
 
 import numpy as np
 
-from .checkpoints import REGISTRY, CheckpointError, CheckpointNotFoundError
-from .cli import EXIT_USAGE, RANDOM_WEIGHTS_WARNING, Prompts, load_model, segment, write_outputs
-from .image_io import read_image
-from .predictor import SamPredictor
+from ..checkpoints import CheckpointError, CheckpointNotFoundError
+from ..data.images import read_image
+from ..optional import MissingExtraError, require
+from ..predict.predictor import SamPredictor
+from ..registry import REGISTRY
+from . import EXIT_USAGE
+from .segment import RANDOM_WEIGHTS_WARNING, Prompts, load_model, segment, write_outputs
 
 # Prompts chosen for scikit-image's bundled photographs (pixels of the original image).
 SKIMAGE_JOBS = [
@@ -45,10 +48,9 @@ SHARED_DEMO_DIR = Path("..") / "shared" / "data" / "demo"
 
 def demo_jobs(shared_dir: Path = SHARED_DEMO_DIR) -> Iterator[tuple[str, np.ndarray, Prompts]]:
     """(name, image, prompts) for every demo input available on this machine."""
-    import skimage.data
-
+    skimage_data = require("skimage.data", "the demo's bundled photographs", extra="demo")
     for name, image_name, prompts in SKIMAGE_JOBS:
-        yield name, getattr(skimage.data, image_name)(), prompts
+        yield name, getattr(skimage_data, image_name)(), prompts
     if shared_dir.is_dir():
         for stem, prompts in SHARED_DEMO_JOBS:
             yield stem, read_image(shared_dir / f"{stem}.png"), prompts
@@ -63,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared-demo", type=Path, default=SHARED_DEMO_DIR, help="extra demo images (used when present)")
     args = parser.parse_args(argv)
     try:
+        require("skimage.data", "the demo's bundled photographs", extra="demo")
         model = load_model(args.model, args.checkpoint, args.random_weights)
-    except (CheckpointNotFoundError, CheckpointError, ValueError) as error:
+    except (CheckpointNotFoundError, CheckpointError, MissingExtraError, ValueError) as error:
         print(f"finesam demo: {error}", file=sys.stderr)
         print("finesam demo: to check the pipeline without weights, run `make demo DEMO_ARGS=--random-weights`", file=sys.stderr)
         return EXIT_USAGE

@@ -1,11 +1,11 @@
-"""finesam.nms (pure torch) against torchvision.ops.nms / batched_nms."""
+"""finesam.ops.nms (pure torch) against torchvision.ops.nms / batched_nms."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from finesam.nms import batched_nms, nms
+from finesam.ops.nms import batched_nms, nms
 
 ops = pytest.importorskip("torchvision.ops")
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from finesam.modeling import deform_conv as dc
-from finesam.modeling.deform_conv import DeformableConv2d, deform_conv2d
+from finesam.ops import deform_conv as dc
+from finesam.ops.deform_conv import DeformableConv2d, deform_conv2d
 
 torchvision = pytest.importorskip("torchvision")
 tv_deform_conv2d = torchvision.ops.deform_conv2d

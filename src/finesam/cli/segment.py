@@ -1,4 +1,4 @@
-"""Command line: ``finesam segment IMAGE --model NAME (--box ... | --point ...) --out mask.png`` and ``finesam eval``."""
+"""``finesam segment IMAGE --model NAME (--box ... | --point ...) --out mask.png``."""
 
 from __future__ import annotations
 
@@ -6,19 +6,19 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from .checkpoints import REGISTRY, CheckpointError, CheckpointNotFoundError, load
-from .evaluation import command as eval_command
-from .image_io import ImageReadError, overlay, read_image, save_mask
-from .modeling.mask_decoder import HQ_OUTPUTS
-from .predictor import SamPredictor
+from ..checkpoints import CheckpointError, CheckpointNotFoundError
+from ..data.images import ImageReadError, overlay, read_image, save_mask
+from ..loading import load
+from ..modeling.decoder_api import HQ_OUTPUTS
+from ..predict.predictor import SamPredictor
+from ..registry import REGISTRY
+from . import EXIT_USAGE
 
 RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: these masks are meaningless (pipeline check only)"
-EXIT_USAGE = 2
 
 
 @dataclass
@@ -57,25 +57,25 @@ def write_outputs(
         overlay(image, masks, prompts.boxes, prompts.points, prompts.labels, banner).save(overlay_path)
 
 
-def load_model(name: str, checkpoint: str | None, random_weights: bool, device: str = "cpu"):
-    """Load a model for the command line; random weights are seeded so runs are repeatable."""
+def load_model(name: str, checkpoint: str | None, random_weights: bool, device: str = "cpu", **options):
+    """Load a model for the command line; random weights are those of ``finesam.load(name,
+    random_weights=True)`` (seed :data:`finesam.RANDOM_WEIGHTS_SEED`), so runs are repeatable."""
     if random_weights:
         if checkpoint:
             raise ValueError("--random-weights and --checkpoint exclude each other")
-        torch.manual_seed(0)
         print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
-    return load(name, checkpoint, random_weights=random_weights, device=device)
+    return load(name, checkpoint, random_weights=random_weights, device=device, **options)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finesam", description="High-quality promptable segmentation.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    seg = commands.add_parser("segment", help="segment an object in an image from a box and/or clicks")
-    seg.add_argument("image", help="input image (PNG, JPEG, BMP, ...)")
-    seg.add_argument("--model", default="hq_vit_tiny", choices=sorted(REGISTRY), help="model name (default hq_vit_tiny)")
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``segment`` sub-command to an ``argparse`` sub-parsers object."""
+    seg = subparsers.add_parser("segment", help="segment an object in an image from a box and/or clicks")
+    seg.add_argument("image", help="input image (PNG, JPEG, BMP, ...), read as displayed (EXIF orientation applied)")
+    seg.add_argument("--model", default="hq_vit_tiny", metavar="NAME",
+                     help=f"model name (default hq_vit_tiny): {', '.join(REGISTRY)}, or one added with finesam.register_model")
     seg.add_argument("--checkpoint", help="weights file (default: $FINESAM_CHECKPOINTS or ~/.cache/finesam, else download)")
     seg.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
-                     help="object box in pixels; repeat for several objects")
+                     help="object box in pixels of the displayed image; repeat for several objects")
     seg.add_argument("--point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="foreground click")
     seg.add_argument("--negative", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="background click")
     seg.add_argument("--multimask", action="store_true", help="predict 3 candidates and keep the best scored")
@@ -83,15 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", required=True, help="output mask PNG (0/255)")
     seg.add_argument("--overlay", help="output overlay PNG")
     seg.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    seg.add_argument("--random-weights", action="store_true", help="seeded random weights: checks the pipeline, masks are meaningless")
-    eval_command.add_parser(commands)
-    return parser
+    seg.add_argument("--random-weights", action="store_true",
+                     help="seeded random weights, as finesam.load(NAME, random_weights=True): checks the pipeline, masks are meaningless")
+    return seg
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "eval":
-        return eval_command.run(args)
+def run(args: argparse.Namespace) -> int:
+    """Run ``finesam segment``; returns the exit code (0 ok, 2 bad input)."""
     if not args.box and not args.point:
         print("finesam segment: give at least one --box X0 Y0 X1 Y1 or one --point X Y", file=sys.stderr)
         return EXIT_USAGE
@@ -106,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = SamPredictor(model)
         predictor.set_image(image)
         masks = segment(predictor, prompts, args.multimask, args.hq_output)
+    except KeyError as error:  # unknown model name
+        print(f"finesam segment: {error.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
     except (CheckpointNotFoundError, CheckpointError, ImageReadError, ValueError) as error:
         print(f"finesam segment: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -115,7 +116,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if banner:
         print(f"WARNING: {banner}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,182 @@
+"""What every mask decoder declares and returns.
+
+Generic code (predictor, automatic masks, sessions, evaluation, CLI, export) asks a decoder's
+:class:`DecoderCapabilities`, never its class, and reads one typed :class:`DecoderOutput`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PROMPT_KINDS = ("points", "boxes", "masks")
+HQ_OUTPUTS = ("sum", "hq_only", "sam_only", "candidates")
+ENCODER_EXTRAS = ("early", "image")
+
+
+@dataclass(frozen=True)
+class OutputMode:
+    """Which logits a decoder returns for each prompt.
+
+    multimask: SAM's ``multimask_output``. For SAM models, True gives the 3 multimask outputs
+        and False the single-mask output. For HQ models in "sum"/"hq_only" mode it keeps the
+        official HQ-SAM meaning: True selects the best of SAM's 3 outputs by predicted IoU and
+        still returns one mask.
+    hq: HQ models only; None means the model's default ("sum"). "sum": SAM logits + HQ logits
+        (official ``hq_token_only=False``); "hq_only": HQ logits (``hq_token_only=True``);
+        "sam_only": what the SAM tokens give inside the HQ model, with SAM's multimask meaning;
+        "candidates": SAM's 3 multimask logits each plus the HQ logits (K = 3).
+    """
+
+    multimask: bool = True
+    hq: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.hq is not None and self.hq not in HQ_OUTPUTS:
+            raise ValueError(f"hq_output must be one of {HQ_OUTPUTS}, got {self.hq!r}")
+
+    @classmethod
+    def from_flags(cls, multimask_output: bool, hq_token_only: bool | None = None, hq_output: str | None = None) -> "OutputMode":
+        """Translate the official ``hq_token_only`` flag and our ``hq_output`` into one value."""
+        if hq_output is not None and hq_token_only is not None:
+            expected = "hq_only" if hq_token_only else "sum"
+            if hq_output != expected:
+                raise ValueError(f"hq_token_only={hq_token_only} contradicts hq_output={hq_output!r}; pass only one")
+        if hq_output is None and hq_token_only:
+            hq_output = "hq_only"
+        return cls(multimask=bool(multimask_output), hq=hq_output)
+
+
+@dataclass(frozen=True)
+class DecoderCapabilities:
+    """A decoder's declaration of what it accepts and returns.
+
+    prompts: the prompt kinds it was trained on, among "points", "boxes", "masks".
+    multimask: whether ``OutputMode(multimask=True)`` gives 3 candidate masks per prompt.
+    output_modes: the ``OutputMode.hq`` values it accepts, its default first (empty: it has no
+        HQ token).
+    output_size: side of the logits it returns (256, or 1024 for a high-resolution head).
+    corrects_clicks: whether it has ``correct(state, points, flags)`` (clicks on wrong areas
+        of an earlier prediction, without decoding again).
+    encoder_features: extras it reads from :class:`~finesam.modeling.features.ImageFeatures`
+        besides the embedding: "early" (the early encoder feature), "image" (the normalised
+        padded input). The encoder keeps only these.
+    """
+
+    prompts: frozenset[str] = frozenset(PROMPT_KINDS)
+    multimask: bool = True
+    output_modes: tuple[str, ...] = ()
+    output_size: int = 256
+    corrects_clicks: bool = False
+    encoder_features: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = (set(self.prompts) - set(PROMPT_KINDS)) | (set(self.encoder_features) - set(ENCODER_EXTRAS))
+        unknown |= set(self.output_modes) - set(HQ_OUTPUTS)
+        if unknown:
+            raise ValueError(f"unknown capability values {sorted(unknown)}")
+
+    @property
+    def prompt_text(self) -> str:
+        """The accepted prompts in words, e.g. 'a box prompt only'."""
+        names = {"points": "point", "boxes": "box", "masks": "mask"}
+        kinds = [names[kind] for kind in PROMPT_KINDS if kind in self.prompts]
+        if len(kinds) == 1:
+            return f"a {kinds[0]} prompt only"
+        return "/".join(kinds) + " prompts"
+
+    def check_prompts(self, points: bool, boxes: bool, masks: bool) -> None:
+        """Raise ``ValueError`` unless this combination of prompt kinds is accepted."""
+        given = {kind for kind, present in zip(PROMPT_KINDS, (points, boxes, masks)) if present}
+        refused = given - set(self.prompts)
+        if refused or not given & set(self.prompts):
+            hint = " Refine with clicks through correct(...)." if self.corrects_clicks else ""
+            raise ValueError(
+                f"this model takes {self.prompt_text} (its decoder was trained on them); got "
+                f"{', '.join(sorted(given)) or 'no prompt'}.{hint}"
+            )
+
+    def check_mode(self, mode: OutputMode) -> None:
+        """Raise ``ValueError`` for an HQ output mode this decoder does not have."""
+        if mode.hq is not None and mode.hq not in self.output_modes:
+            raise ValueError(
+                f"hq_output={mode.hq!r} / hq_token_only apply to HQ-SAM models; this model has no HQ token"
+                + ("" if self.output_size == 256 else " (it returns its high-resolution mask)")
+                + ". Load an hq_* model or leave the option out."
+            )
+
+    def candidates(self, mode: OutputMode) -> int:
+        """K, the masks returned per prompt in ``mode`` (the first output mode is the default)."""
+        if not self.output_modes:
+            return 3 if self.multimask and mode.multimask else 1
+        hq = mode.hq or self.output_modes[0]
+        return 3 if hq == "candidates" or (hq == "sam_only" and mode.multimask) else 1
+
+
+@dataclass(frozen=True)
+class CorrectionState:
+    """What a prediction keeps so that clicks can correct it without decoding again.
+
+    object_embedding: (B, 32, 256, 256); hyper: (B, 1, 32) HQ hypernetwork token;
+    rgb: (1 or B, 8, 1024, 1024) RGB embedding of the image; low_res: (B, 1, 256, 256)
+    stage-1 logits; scores: (B, 1).
+    """
+
+    object_embedding: torch.Tensor
+    hyper: torch.Tensor
+    rgb: torch.Tensor
+    low_res: torch.Tensor
+    scores: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DecoderOutput:
+    """One decoder pass for B prompts.
+
+    logits: (B, K, S, S) mask logits, S = the decoder's ``output_size``; threshold at 0.
+    scores: (B, K) predicted mask quality (SAM's IoU head).
+    low_res: (B, K, 256, 256) the 256x256 logits of the same masks as SAM's decoder makes
+        them: equal to ``logits`` for 256 decoders; for a high-resolution decoder the stage-1
+        logits its 1024 head refines (after a correction too: clicks act after stage 1).
+        What ``mask_input`` takes.
+    sam_logits, sam_scores: (B, 4, 256, 256) and (B, 4), every SAM token's output (token 0 the
+        single-mask one), for training and analysis; None after a correction.
+    hq_logits: (B, 1, 256, 256) the HQ token's logits (HQ and Pi decoders), else None.
+    state: what ``correct`` needs (decoders that correct clicks), else None.
+    """
+
+    logits: torch.Tensor
+    scores: torch.Tensor
+    low_res: torch.Tensor
+    sam_logits: torch.Tensor | None = None
+    sam_scores: torch.Tensor | None = None
+    hq_logits: torch.Tensor | None = None
+    state: CorrectionState | None = None
+
+
+def broadcast_to_prompts(image_tensor: torch.Tensor, prompts: int) -> torch.Tensor:
+    """Map per-image tensors (B_img, ...) onto B prompts: one image for all, or one per prompt."""
+    if image_tensor.shape[0] == prompts:
+        return image_tensor
+    if image_tensor.shape[0] == 1:
+        return image_tensor.expand(prompts, *image_tensor.shape[1:])
+    raise ValueError(
+        f"{image_tensor.shape[0]} images for {prompts} prompts: pass one image, or one image per prompt"
+    )
+
+
+def hypernetwork_product(hyper_in: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    """Per-token dot products: hyper_in (B, K, C) x feature (B, C, H, W) -> (B, K, H, W)."""
+    batch, channels, height, width = feature.shape
+    return (hyper_in @ feature.reshape(batch, channels, height * width)).reshape(batch, -1, height, width)
+
+
+def select_by_iou(masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep, per prompt, the multimask output (tokens 1..3) with the highest predicted IoU.
+
+    masks: (B, 4, H, W), iou: (B, 4) -> (B, 1, H, W), (B, 1).
+    """
+    best_iou, best = iou[:, 1:4].max(dim=1)
+    chosen = masks[:, 1:4][torch.arange(masks.shape[0], device=masks.device), best]
+    return chosen.unsqueeze(1), best_iou.unsqueeze(1)

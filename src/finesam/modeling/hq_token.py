@@ -1,0 +1,70 @@
+"""HQ-SAM's part: the HQ output token and the global-local feature fusion."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .common import MLP, LayerNorm2d
+from .decoder_api import broadcast_to_prompts
+from .features import ImageFeatures
+
+# The part's modules, named as the official keys under ``mask_decoder.``.
+HQ_MODULES = ("hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature")
+
+
+def upsample_x4(in_chans: int, mid_chans: int, out_chans: int) -> nn.Sequential:
+    """Two stride-2 transposed convs with LayerNorm2d + GELU between: (B, C, h, w) -> (B, C', 4h, 4w)."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_chans, mid_chans, kernel_size=2, stride=2),
+        LayerNorm2d(mid_chans),
+        nn.GELU(),
+        nn.ConvTranspose2d(mid_chans, out_chans, kernel_size=2, stride=2),
+    )
+
+
+class HQTokenFusion(nn.Module):
+    """The HQ token (its embedding and hypernetwork MLP) and the fused feature it is read on:
+    early encoder feature + final embedding (per image) + SAM's upscaled decoder feature
+    (per prompt).
+
+    ``vit_dim``: channels of the early feature (768/1024/1280 for ViT-B/L/H, 160 for TinyViT).
+    """
+
+    def __init__(self, vit_dim: int, transformer_dim: int = 256) -> None:
+        super().__init__()
+        quarter, eighth = transformer_dim // 4, transformer_dim // 8
+        self.hf_token = nn.Embedding(1, transformer_dim)
+        self.hf_mlp = MLP(transformer_dim, transformer_dim, eighth, 3)
+        self.compress_vit_feat = upsample_x4(vit_dim, transformer_dim, eighth)
+        self.embedding_encoder = upsample_x4(transformer_dim, quarter, eighth)
+        self.embedding_maskfeature = nn.Sequential(
+            nn.Conv2d(eighth, quarter, kernel_size=3, padding=1),
+            LayerNorm2d(quarter),
+            nn.GELU(),
+            nn.Conv2d(quarter, eighth, kernel_size=3, padding=1),
+        )
+
+    @property
+    def token(self) -> torch.Tensor:
+        """(1, 256) the HQ token, appended after SAM's mask tokens."""
+        return self.hf_token.weight
+
+    def image_fusion(self, features: ImageFeatures) -> torch.Tensor:
+        """Global-local fusion of the image: (B_img, 32, 256, 256), computed once per image."""
+        if features.early is None:
+            raise ValueError("the HQ token needs the early encoder feature (ImageFeatures.early); use Sam.encode_image")
+
+        def fuse() -> torch.Tensor:
+            early = features.early.permute(0, 3, 1, 2)
+            return self.embedding_encoder(features.embedding) + self.compress_vit_feat(early)
+
+        return features.derive_once(self, "image_fusion", fuse)
+
+    def fused_feature(self, upscaled: torch.Tensor, features: ImageFeatures) -> torch.Tensor:
+        """SAM's upscaled decoder feature (B, 32, 256, 256) fused with the image -> (B, 32, 256, 256)."""
+        return self.embedding_maskfeature(upscaled) + broadcast_to_prompts(self.image_fusion(features), upscaled.shape[0])
+
+    def hypernetwork(self, token_out: torch.Tensor) -> torch.Tensor:
+        """The HQ token's transformer output (B, 256) -> hypernetwork weights (B, 1, 32)."""
+        return self.hf_mlp(token_out).unsqueeze(1)

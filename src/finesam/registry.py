@@ -1,0 +1,229 @@
+"""The model registry: a name maps to a :class:`ModelSpec` that builds the model and knows its
+checkpoint files. ``register_model`` adds models without editing the library.
+
+Nothing else in the package branches on model names or decoder classes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from .checkpoints import CheckpointFile
+from .modeling.hq_decoder import HQMaskDecoder
+from .modeling.high_res_head import HighResHead, rgb_embedding
+from .modeling.image_encoder import ImageEncoderViT
+from .modeling.mask_decoder import MaskDecoder
+from .modeling.pi_decoder import PiMaskDecoder
+from .modeling.prompt_encoder import PromptEncoder
+from .modeling.sam import Sam
+from .modeling.tiny_vit import TinyViT
+
+PI_RGB_SEED = 42
+
+
+@dataclass(frozen=True)
+class SamArchitecture:
+    """Builds the built-in models: an encoder ("vit" or "tiny_vit" with its settings) and a
+    decoder family ("sam", "hq" or "pi"). Calling it returns a fresh model in eval mode.
+
+    Pi-SAM: the official ``rgb_embed`` is never trained nor saved; the official test run draws
+    it right after building the ViT and the prompt encoder under ``torch.manual_seed(42)``. We
+    build in that order under that seed (without touching the caller's random state), so that
+    an official decoder file gets exactly those values.
+    """
+
+    encoder: str
+    encoder_config: Mapping[str, Any] = field(default_factory=dict)
+    decoder: str = "sam"
+
+    def with_encoder(self, **overrides: Any) -> "SamArchitecture":
+        """A variant with other encoder settings (e.g. ``depth`` and ``global_attn_indexes``)."""
+        return replace(self, encoder_config={**self.encoder_config, **overrides})
+
+    @property
+    def early_dim(self) -> int:
+        if self.encoder == "vit":
+            return self.encoder_config.get("embed_dim", 768)
+        return self.encoder_config.get("embed_dims", (64, 128, 160, 320))[2]
+
+    def _encoders(self) -> tuple[nn.Module, PromptEncoder]:
+        encoder = ImageEncoderViT if self.encoder == "vit" else TinyViT
+        return encoder(**self.encoder_config), PromptEncoder()
+
+    def __call__(self) -> Sam:
+        if self.decoder == "pi":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(PI_RGB_SEED)
+                image_encoder, prompt_encoder = self._encoders()
+                rgb_embed = rgb_embedding()
+            decoder: nn.Module = PiMaskDecoder(vit_dim=self.early_dim, high_res=HighResHead(rgb_embed=rgb_embed))
+        else:
+            image_encoder, prompt_encoder = self._encoders()
+            decoder = HQMaskDecoder(vit_dim=self.early_dim) if self.decoder == "hq" else MaskDecoder()
+        return Sam(image_encoder, prompt_encoder, decoder).eval()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build one named model and load its checkpoint files.
+
+    build: returns a fresh model (random weights) in eval mode; any callable.
+    description: human name, used in messages ("SAM ViT-B").
+    file: the official weights file (to find in the cache or download), if there is one.
+    official_names: (package, registry key) pairs under which the official packages know this
+        model, e.g. ``("segment_anything", "vit_b")``; they build the compatibility registries.
+    decoder_file: the weights come as a SAM file plus a separate decoder file (Pi-SAM).
+    kept_from_build: official key prefixes never stored in official files; they keep the
+        values ``build`` gives them (Pi-SAM's ``mask_decoder.rgb_embed.``).
+    name: set by :func:`register_model`.
+    """
+
+    build: Callable[[], Sam]
+    description: str = ""
+    file: CheckpointFile | None = None
+    official_names: tuple[tuple[str, str], ...] = ()
+    decoder_file: bool = False
+    kept_from_build: tuple[str, ...] = ()
+    name: str = ""
+
+    def with_encoder(self, **overrides: Any) -> "ModelSpec":
+        """A variant with other encoder settings, for built-in architectures (tests, benchmarks)."""
+        if not hasattr(self.build, "with_encoder"):
+            raise TypeError(f"{self.name or 'this spec'}: its build function has no encoder settings to override")
+        return replace(self, build=self.build.with_encoder(**overrides))
+
+    def state_shapes(self) -> tuple[dict[str, torch.Size], dict[str, torch.Size]]:
+        """Key names and shapes of this model's state dict, in the official names and in the
+        model's own (built once on the meta device, so without memory or time)."""
+        cached = _SHAPES.get(id(self))
+        if cached is None or cached[0] is not self:
+            with torch.device("meta"):
+                model = self.build()
+            shapes = ({k: v.shape for k, v in model.official_state_dict().items()},
+                      {k: v.shape for k, v in model.state_dict().items()})
+            cached = _SHAPES[id(self)] = (self, shapes)
+        return cached[1]
+
+
+_SHAPES: dict[int, tuple[ModelSpec, tuple[dict[str, torch.Size], dict[str, torch.Size]]]] = {}
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, spec: ModelSpec, *, replace_existing: bool = False) -> ModelSpec:
+    """Make ``name`` loadable by :func:`finesam.load`, the predictor and the command line.
+
+    Returns the registered spec (with its ``name`` set). A name already registered is refused
+    unless ``replace_existing``.
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"model name {name!r} must be letters, digits, '_', '.' or '-'")
+    if not isinstance(spec, ModelSpec) or not callable(spec.build):
+        raise TypeError("register_model needs a ModelSpec whose build() returns a finesam.Sam")
+    if name in REGISTRY and not replace_existing:
+        raise ValueError(f"model {name!r} is already registered; pass replace_existing=True to replace it")
+    registered = replace(spec, name=name, description=spec.description or name)
+    REGISTRY[name] = registered
+    return registered
+
+
+def unregister_model(name: str) -> None:
+    """Remove a model added with :func:`register_model`."""
+    REGISTRY.pop(name, None)
+
+
+def get_spec(name: str | ModelSpec) -> ModelSpec:
+    if isinstance(name, ModelSpec):
+        return name
+    if name not in REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def describe_checkpoint(state: Mapping[str, torch.Tensor]) -> str:
+    """Which model a state dict looks like, for error messages: the registered model whose keys
+    (official or finesam names) and shapes it matches exactly, else a description."""
+    shapes = {key: value.shape for key, value in state.items()}
+    for spec in REGISTRY.values():
+        if shapes in spec.state_shapes():
+            return f"{spec.description} ({spec.name})"
+    keys = set(state)
+    has_hq = any(k.startswith("mask_decoder.hf_token") for k in keys)
+    if "transformer.layers.0.self_attn.q_proj.weight" in keys:
+        if any(k.startswith("interact_2.") for k in keys):
+            return "a Pi-SAM decoder file (no SAM encoder weights)"
+        return "a mask-decoder-only file (keys without the 'mask_decoder.' prefix)"
+    if "image_encoder.patch_embed.seq.0.c.weight" in keys:
+        return "a TinyViT model with " + ("an HQ decoder" if has_hq else "a SAM decoder")
+    if "image_encoder.pos_embed" in keys:
+        width = state["image_encoder.pos_embed"].shape[-1]
+        depth = len({m.group(1) for k in keys if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))})
+        if any(k.startswith("mask_decoder.interact_2.") for k in keys):
+            return f"a Pi-SAM checkpoint (ViT width {width}, {depth} blocks)"
+        family = "HQ-SAM" if has_hq else "SAM"
+        return f"a {family} ViT of width {width} with {depth} blocks"
+    return "no known SAM-family model"
+
+
+# --- the built-in models ---------------------------------------------------------------------
+_VIT = {
+    "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+    "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+    "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
+}
+_SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+_HQ_URL = "https://huggingface.co/lkeab/hq-sam/resolve/main/"
+_SAM_FILES = {
+    "vit_b": CheckpointFile("sam_vit_b_01ec64.pth", _SAM_URL + "sam_vit_b_01ec64.pth", 375_042_383,
+                            "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+    "vit_l": CheckpointFile("sam_vit_l_0b3195.pth", _SAM_URL + "sam_vit_l_0b3195.pth", 1_249_524_607,
+                            "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    "vit_h": CheckpointFile("sam_vit_h_4b8939.pth", _SAM_URL + "sam_vit_h_4b8939.pth", 2_564_550_879,
+                            "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+}
+_HQ_FILES = {
+    "vit_b": CheckpointFile("sam_hq_vit_b.pth", _HQ_URL + "sam_hq_vit_b.pth", 379_335_069, "14a9d662"),
+    "vit_l": CheckpointFile("sam_hq_vit_l.pth", _HQ_URL + "sam_hq_vit_l.pth", 1_254_865_805, "e1a6c385"),
+    "vit_h": CheckpointFile("sam_hq_vit_h.pth", _HQ_URL + "sam_hq_vit_h.pth", 2_570_940_653,
+                            "a7ac14a085326d9fa6199c8c698c4f0e7280afdbb974d2c4660ec60877b45e35"),
+}
+SAM_PACKAGE, HQ_PACKAGE, HQ_BASELINE = "segment_anything", "segment_anything_hq", "segment_anything_hq.baseline"
+
+
+def _register_builtins() -> None:
+    for size, letter in (("vit_b", "B"), ("vit_l", "L"), ("vit_h", "H")):
+        names = ((SAM_PACKAGE, size), (HQ_BASELINE, size))
+        hq_names = ((HQ_PACKAGE, size),)
+        if size == "vit_h":  # the official packages' "default"
+            names += ((SAM_PACKAGE, "default"), (HQ_BASELINE, "default"))
+            hq_names += ((HQ_PACKAGE, "default"),)
+        register_model(f"sam_{size}", ModelSpec(SamArchitecture("vit", _VIT[size], "sam"), f"SAM ViT-{letter}",
+                                                _SAM_FILES[size], names))
+        register_model(f"hq_{size}", ModelSpec(SamArchitecture("vit", _VIT[size], "hq"), f"HQ-SAM ViT-{letter}",
+                                               _HQ_FILES[size], hq_names))
+    register_model("mobile_sam", ModelSpec(
+        SamArchitecture("tiny_vit"), "MobileSAM",
+        CheckpointFile("mobile_sam.pt", "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+                       40_728_226, "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"),
+        ((SAM_PACKAGE, "vit_t"), (HQ_BASELINE, "vit_tiny")),
+    ))
+    register_model("hq_vit_tiny", ModelSpec(
+        SamArchitecture("tiny_vit", {}, "hq"), "Light HQ-SAM",
+        CheckpointFile("sam_hq_vit_tiny.pth", _HQ_URL + "sam_hq_vit_tiny.pth", 42_526_881,
+                       "0f32c075ccdd870ae54db2f7630e7a0878ede5a2b06d05d6fe02c65a82fb7196"),
+        ((HQ_PACKAGE, "vit_tiny"),),
+    ))
+    # Pi-SAM: the encoder weights are the official SAM file's; the decoder comes in its own file
+    # (released on Google Drive only, so it has no URL here: pass decoder_checkpoint=).
+    for size in ("vit_b", "vit_l", "vit_h"):
+        register_model(f"pi_{size}", ModelSpec(
+            SamArchitecture("vit", _VIT[size], "pi"), f"Pi-SAM {size[-1].upper()}", _SAM_FILES[size],
+            decoder_file=True, kept_from_build=("mask_decoder.rgb_embed.",),
+        ))
+
+
+_register_builtins()
