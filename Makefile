@@ -4,7 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv bench clean
+RUNTIME_VENV := .venv-runtime
+RUNTIME_PY := $(RUNTIME_VENV)/bin/python
+RUNTIME_STAMP := $(RUNTIME_VENV)/.torch-installed
+RUNTIME_SRC := $(RUNTIME_VENV)/source
+
+.PHONY: test demo venv bench clean check-runtime
 
 venv: $(STAMP)
 
@@ -15,8 +20,27 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The runtime-only install check, then pytest (whose summary closes the output); fails if either fails.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	@status=0; $(MAKE) --no-print-directory check-runtime || status=$$?; \
+	$(PY) -m pytest -q tests || status=$$?; \
+	exit $$status
+
+# Runtime-only install: a separate venv with torch and `pip install .` (no extras), checked by
+# tests/runtime/check_runtime_install.py. The venv is recreated when pyproject.toml or this
+# Makefile change; finesam itself is reinstalled on every run from a fresh copy of the current
+# tree (pip always reinstalls a local directory; the copy keeps stale build/ files out).
+$(RUNTIME_STAMP): pyproject.toml Makefile
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_PY) -m pip install -q torch==2.14.1
+	touch $(RUNTIME_STAMP)
+
+check-runtime: $(RUNTIME_STAMP)
+	rm -rf $(RUNTIME_SRC) && mkdir -p $(RUNTIME_SRC)
+	tar -cf - --exclude=__pycache__ --exclude='*.egg-info' pyproject.toml README.md src | tar -xf - -C $(RUNTIME_SRC)
+	$(RUNTIME_PY) -m pip install -q ./$(RUNTIME_SRC)
+	$(RUNTIME_PY) tests/runtime/check_runtime_install.py --venv $(RUNTIME_VENV)
 
 demo: $(STAMP)
 	$(PY) -m finesam.cli.demo $(DEMO_ARGS)
@@ -25,4 +49,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_predictor.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) demo-output .pytest_cache

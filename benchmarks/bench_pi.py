@@ -36,7 +36,7 @@ def median_time(fn, repeats: int) -> float:
 
 def branch_share(predictor, repeats: int) -> dict[str, float]:
     """Seconds spent in each deformable branch during one Pi predict (forward hooks)."""
-    embedder = predictor.model.mask_decoder.mask_aspp
+    embedder = predictor.model.mask_decoder.high_res.mask_aspp
     spent = {"aspp1 (3x3)": [], "aspp2 (7x7)": [], "object embedder": []}
     starts = {}
 
@@ -74,9 +74,9 @@ def main() -> None:
         predictor = finesam.SamPredictor(finesam.load(name, random_weights=True))
         predictor.set_image(image)
         rows.append((name, "predict", median_time(lambda: predictor.predict(box=BOX, multimask_output=False), args.repeats)))
-        if predictor.is_high_res:
+        if predictor.capabilities.corrects_clicks:
             with torch.no_grad():
-                predictor.model.mask_decoder.interact_2.out_cov.weight.normal_(0, 0.05)
+                predictor.model.mask_decoder.interactor.out_cov.weight.normal_(0, 0.05)
             predictor.predict(box=BOX)
             clicks = dict(fg_points=np.array([[150, 120], [200, 100]]), bg_points=np.array([[70, 60]]))
             rows.append((name, "correct (3 clicks)", median_time(lambda: predictor.correct(**clicks), args.repeats)))

@@ -37,11 +37,11 @@ def cached_image_encoder():
     the slow part of every test here, and several protocols see the same images."""
     original = Sam.encode_image
 
-    def encode_image(self, x: torch.Tensor):
+    def encode_image(self, x: torch.Tensor, extras=None):
         key = (hashlib.sha1(x.detach().float().cpu().numpy().tobytes()).hexdigest(), tuple(x.shape),
-               _weights_fingerprint(self.image_encoder))
+               _weights_fingerprint(self.image_encoder), self.capabilities.encoder_features, extras)
         if key not in _ENCODED:
-            _ENCODED[key] = original(self, x)
+            _ENCODED[key] = original(self, x, extras)
         return _ENCODED[key]
 
     with pytest.MonkeyPatch.context() as patch:

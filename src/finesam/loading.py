@@ -111,7 +111,7 @@ def load(
     spec = get_spec(name)
     _warn_if_slow_dtype(dtype, device)
     if decoder_checkpoint is not None and not spec.decoder_file:
-        raise ValueError(f"decoder_checkpoint is for models whose decoder has its own file (Pi-SAM models), not {spec.name}")
+        raise ValueError(f"decoder_checkpoint is for Pi-SAM models (whose decoder comes in its own file), not {spec.name}")
     if random_weights:
         if checkpoint is not None or decoder_checkpoint is not None:
             raise ValueError("random_weights=True and a checkpoint exclude each other")

@@ -7,6 +7,7 @@ Nothing else in the package branches on model names or decoder classes.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -136,9 +137,42 @@ def unregister_model(name: str) -> None:
     REGISTRY.pop(name, None)
 
 
+PLUGIN_GROUP = "finesam.models"
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Register the models of installed packages that declare entry points in the group
+    ``finesam.models``: an entry point names a :class:`ModelSpec` (registered under the entry
+    point's name) or a function that calls :func:`register_model` itself. Runs once."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for entry_point in entry_points(group=PLUGIN_GROUP):
+        try:
+            target = entry_point.load()
+            if isinstance(target, ModelSpec):
+                register_model(entry_point.name, target, replace_existing=True)
+            else:
+                target()
+        except Exception as error:  # a broken plugin must not break the built-in models
+            warnings.warn(f"finesam: model plugin {entry_point.name!r} ({entry_point.value}) failed: {error}", stacklevel=2)
+
+
+def model_names() -> list[str]:
+    """Every registered model name, plugins included."""
+    load_plugins()
+    return list(REGISTRY)
+
+
 def get_spec(name: str | ModelSpec) -> ModelSpec:
     if isinstance(name, ModelSpec):
         return name
+    if name not in REGISTRY:
+        load_plugins()
     if name not in REGISTRY:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)}")
     return REGISTRY[name]

@@ -246,7 +246,7 @@ def test_pi_branch_routes_boxes_and_clicks(ecssd_sample):
             if given is not None:
                 np.testing.assert_allclose(given, wanted)
         assert outcome.mask.any() == positive.any()  # the stub's logits, resized to the GT size
-    with pytest.raises(ValueError, match="takes a box prompt only"):
+    with pytest.raises(ValueError, match="takes box prompts only"):
         ClicksProtocol().run(pi, ecssd_sample)
 
 
@@ -259,7 +259,7 @@ def test_real_pi_model_box_and_correction(ecssd_sample):
     assert [o.variant for o in outcomes] == ["box", "all1"] and len(_clicks(outcomes[1].prompt)) == 1
     assert all(o.mask.shape == ecssd_sample.gt.shape for o in outcomes)
     assert pi.correction_state is not None and pi.original_size == (1024, 1024)  # predicted on the squashed image
-    with pytest.raises(ValueError, match="box prompt only"):
+    with pytest.raises(ValueError, match="box prompts only"):
         PointsProtocol().check(pi)
 
 

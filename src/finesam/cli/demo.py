@@ -17,7 +17,7 @@ from ..checkpoints import CheckpointError, CheckpointNotFoundError
 from ..data.images import read_image
 from ..optional import MissingExtraError, require
 from ..predict.predictor import SamPredictor
-from ..registry import REGISTRY
+from ..registry import model_names
 from . import EXIT_USAGE
 from .segment import RANDOM_WEIGHTS_WARNING, Prompts, load_model, segment, write_outputs
 
@@ -58,7 +58,7 @@ def demo_jobs(shared_dir: Path = SHARED_DEMO_DIR) -> Iterator[tuple[str, np.ndar
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="finesam-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="hq_vit_tiny", choices=sorted(REGISTRY))
+    parser.add_argument("--model", default="hq_vit_tiny", choices=model_names())
     parser.add_argument("--checkpoint")
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--out", default="demo-output")

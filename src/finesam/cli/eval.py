@@ -25,7 +25,7 @@ from ..loading import load
 from ..modeling.decoder_api import HQ_OUTPUTS
 from ..optional import MissingExtraError, require
 from ..predict.predictor import SamPredictor
-from ..registry import REGISTRY
+from ..registry import model_names
 from . import EXIT_USAGE
 RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: these numbers are meaningless (pipeline check only)"
 
@@ -37,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Evaluate a model with one protocol on image/mask data sets. Writes per_image.csv, curves.npz, "
                     "summary.json, table.md and PNG plots into --out; rerun the same command to resume.",
     )
-    parser.add_argument("--model", required=True, metavar="NAME", help=f"model name: {', '.join(REGISTRY)}, or one added with finesam.register_model")
+    parser.add_argument("--model", required=True, metavar="NAME", help=f"model name: {', '.join(model_names())}, or one added with finesam.register_model")
     parser.add_argument("--checkpoint", help="weights file (default: $FINESAM_CHECKPOINTS or ~/.cache/finesam, else download)")
     parser.add_argument("--decoder-checkpoint", help="decoder weights file (Pi-SAM models)")
     parser.add_argument("--random-weights", action="store_true", help="seeded random weights: checks the pipeline only")

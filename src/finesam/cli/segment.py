@@ -15,7 +15,7 @@ from ..data.images import ImageReadError, overlay, read_image, save_mask
 from ..loading import load
 from ..modeling.decoder_api import HQ_OUTPUTS
 from ..predict.predictor import SamPredictor
-from ..registry import REGISTRY
+from ..registry import model_names
 from . import EXIT_USAGE
 
 RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: these masks are meaningless (pipeline check only)"
@@ -72,7 +72,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     seg = subparsers.add_parser("segment", help="segment an object in an image from a box and/or clicks")
     seg.add_argument("image", help="input image (PNG, JPEG, BMP, ...), read as displayed (EXIF orientation applied)")
     seg.add_argument("--model", default="hq_vit_tiny", metavar="NAME",
-                     help=f"model name (default hq_vit_tiny): {', '.join(REGISTRY)}, or one added with finesam.register_model")
+                     help=f"model name (default hq_vit_tiny): {', '.join(model_names())}, or one added with finesam.register_model")
     seg.add_argument("--checkpoint", help="weights file (default: $FINESAM_CHECKPOINTS or ~/.cache/finesam, else download)")
     seg.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                      help="object box in pixels of the displayed image; repeat for several objects")

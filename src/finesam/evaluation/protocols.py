@@ -109,7 +109,7 @@ def _points_text(coords: np.ndarray, labels: np.ndarray) -> str:
 def _require_points(predictor: SamPredictor, protocol: str) -> None:
     if "points" not in predictor.capabilities.prompts:
         raise ValueError(
-            f"protocol {protocol!r} prompts with points, but this model takes {predictor.capabilities.prompt_text} "
+            f"protocol {protocol!r} prompts with points, but this model takes {predictor.capabilities.prompt_names} prompts only "
             "(Pi-SAM); use box, box-aspect, noisy-box or pi-clicks (clicks through the Precise Interactor)"
         )
 

@@ -78,13 +78,10 @@ class DecoderCapabilities:
             raise ValueError(f"unknown capability values {sorted(unknown)}")
 
     @property
-    def prompt_text(self) -> str:
-        """The accepted prompts in words, e.g. 'a box prompt only'."""
+    def prompt_names(self) -> str:
+        """The accepted prompt kinds in words, e.g. 'box' or 'point/box/mask'."""
         names = {"points": "point", "boxes": "box", "masks": "mask"}
-        kinds = [names[kind] for kind in PROMPT_KINDS if kind in self.prompts]
-        if len(kinds) == 1:
-            return f"a {kinds[0]} prompt only"
-        return "/".join(kinds) + " prompts"
+        return "/".join(names[kind] for kind in PROMPT_KINDS if kind in self.prompts)
 
     def check_prompts(self, points: bool, boxes: bool, masks: bool) -> None:
         """Raise ``ValueError`` unless this combination of prompt kinds is accepted."""
@@ -93,7 +90,8 @@ class DecoderCapabilities:
         if refused or not given & set(self.prompts):
             hint = " Refine with clicks through correct(...)." if self.corrects_clicks else ""
             raise ValueError(
-                f"this model takes {self.prompt_text} (its decoder was trained on them); got "
+                f"this model takes {'a ' if len(self.prompts) == 1 else ''}{self.prompt_names} prompt"
+                f"{'' if len(self.prompts) == 1 else 's'} only (its decoder was trained on them); got "
                 f"{', '.join(sorted(given)) or 'no prompt'}.{hint}"
             )
 
@@ -105,13 +103,6 @@ class DecoderCapabilities:
                 + ("" if self.output_size == 256 else " (it returns its high-resolution mask)")
                 + ". Load an hq_* model or leave the option out."
             )
-
-    def candidates(self, mode: OutputMode) -> int:
-        """K, the masks returned per prompt in ``mode`` (the first output mode is the default)."""
-        if not self.output_modes:
-            return 3 if self.multimask and mode.multimask else 1
-        hq = mode.hq or self.output_modes[0]
-        return 3 if hq == "candidates" or (hq == "sam_only" and mode.multimask) else 1
 
 
 @dataclass(frozen=True)

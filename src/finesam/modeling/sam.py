@@ -76,16 +76,17 @@ class Sam(nn.Module):
         height, width = x.shape[-2:]
         return F.pad(x, (0, self.image_size - width, 0, self.image_size - height))
 
-    def encode_image(self, x: torch.Tensor) -> ImageFeatures:
-        """(B, 3, h, w) resized RGB in 0..255 -> :class:`ImageFeatures` with what the decoder needs."""
-        return self.encode_preprocessed(self.preprocess(x.float()))
+    def encode_image(self, x: torch.Tensor, extras: frozenset[str] | None = None) -> ImageFeatures:
+        """(B, 3, h, w) resized RGB in 0..255 -> :class:`ImageFeatures` with what the decoder needs
+        (``extras``: the encoder extras to keep, by default those the decoder declares)."""
+        return self.encode_preprocessed(self.preprocess(x.float()), extras)
 
-    def encode_preprocessed(self, image: torch.Tensor) -> ImageFeatures:
+    def encode_preprocessed(self, image: torch.Tensor, extras: frozenset[str] | None = None) -> ImageFeatures:
         """(B, 3, 1024, 1024) normalised padded image -> :class:`ImageFeatures`.
 
         The encoder runs in its own dtype; its outputs come back as float32.
         """
-        needs = self.capabilities.encoder_features
+        needs = self.capabilities.encoder_features if extras is None else extras
         encoder_dtype = next(self.image_encoder.parameters()).dtype
         features = self.image_encoder(image.to(encoder_dtype), keep_early="early" in needs)
         if encoder_dtype != torch.float32:

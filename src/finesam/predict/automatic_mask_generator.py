@@ -105,7 +105,7 @@ class AutomaticMaskGenerator:
         if "points" not in model.capabilities.prompts:
             raise ValueError(
                 f"automatic mask generation prompts a grid of points, and this model takes "
-                f"{model.capabilities.prompt_text} (Pi-SAM is trained on boxes): use a SAM or HQ-SAM model "
+                f"{model.capabilities.prompt_names} prompts only (Pi-SAM is trained on boxes): use a SAM or HQ-SAM model "
                 "(e.g. hq_vit_b) for AutomaticMaskGenerator"
             )
         _check_int("points_per_batch", points_per_batch, 1)
@@ -126,7 +126,7 @@ class AutomaticMaskGenerator:
             require("pycocotools.mask", COCO_RLE_FEATURE)
 
         self.point_grids = _point_grids(points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor)
-        self.predictor = SamPredictor(model)
+        self.predictor = SamPredictor(model, keep_early_feature=False)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
