@@ -18,6 +18,7 @@ from .checkpoints import (
     to_official_keys,
     write_state_dict,
 )
+from .errors import InvalidInputError
 from .modeling.sam import Sam
 from .registry import ModelSpec, describe_checkpoint, get_spec
 
@@ -63,7 +64,7 @@ def _init_missing_prefixes(model: Sam, spec: ModelSpec, init_missing: str | tupl
     new_parts = model.mask_decoder.new_parts
     if not parts or not set(parts) <= set(new_parts):
         choices = ", ".join(repr(p) for p in new_parts) or "none: its decoder is SAM's"
-        raise ValueError(
+        raise InvalidInputError(
             f"init_missing={init_missing!r} is only valid for decoder parts that {spec.name} adds over SAM "
             f"({choices})"
         )
@@ -111,16 +112,16 @@ def load(
     spec = get_spec(name)
     _warn_if_slow_dtype(dtype, device)
     if decoder_checkpoint is not None and not spec.decoder_file:
-        raise ValueError(f"decoder_checkpoint is for Pi-SAM models (whose decoder comes in its own file), not {spec.name}")
+        raise InvalidInputError(f"decoder_checkpoint is for Pi-SAM models (whose decoder comes in its own file), not {spec.name}")
     if random_weights:
         if checkpoint is not None or decoder_checkpoint is not None:
-            raise ValueError("random_weights=True and a checkpoint exclude each other")
+            raise InvalidInputError("random_weights=True and a checkpoint exclude each other")
         model = build_seeded(spec, RANDOM_WEIGHTS_SEED if seed is None else seed)
         _init_missing_prefixes(model, spec, init_missing)
         model.image_encoder.to(dtype=dtype)
         return model.to(device).eval()
     if seed is not None:
-        raise ValueError("seed applies to random_weights=True only")
+        raise InvalidInputError("seed applies to random_weights=True only")
     model = spec.build()
     prefixes = model.official_key_prefixes
     allow = _init_missing_prefixes(model, spec, init_missing)

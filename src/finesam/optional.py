@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from .errors import FinesamError
+
 # module -> (pip package, finesam extra)
 EXTRAS = {
     "skimage": ("scikit-image", "eval"),
@@ -12,7 +14,7 @@ EXTRAS = {
 }
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(FinesamError, ImportError):
     """An optional package a feature needs is not installed."""
 
 

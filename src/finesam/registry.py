@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from .checkpoints import CheckpointFile
-from .modeling.hq_decoder import HQMaskDecoder
+from .errors import InvalidInputError
 from .modeling.high_res_head import HighResHead, rgb_embedding
+from .modeling.hq_decoder import HQMaskDecoder
 from .modeling.image_encoder import ImageEncoderViT
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.pi_decoder import PiMaskDecoder
@@ -122,11 +123,11 @@ def register_model(name: str, spec: ModelSpec, *, replace_existing: bool = False
     unless ``replace_existing``.
     """
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ValueError(f"model name {name!r} must be letters, digits, '_', '.' or '-'")
+        raise InvalidInputError(f"model name {name!r} must be letters, digits, '_', '.' or '-'")
     if not isinstance(spec, ModelSpec) or not callable(spec.build):
         raise TypeError("register_model needs a ModelSpec whose build() returns a finesam.Sam")
     if name in REGISTRY and not replace_existing:
-        raise ValueError(f"model {name!r} is already registered; pass replace_existing=True to replace it")
+        raise InvalidInputError(f"model {name!r} is already registered; pass replace_existing=True to replace it")
     registered = replace(spec, name=name, description=spec.description or name)
     REGISTRY[name] = registered
     return registered

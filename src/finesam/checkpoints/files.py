@@ -9,12 +9,14 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from ..errors import FinesamError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(FinesamError, ValueError):
     """A checkpoint file that cannot be used for the requested model."""
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(FinesamError, FileNotFoundError):
     """No checkpoint file is available locally and it could not be downloaded."""
 
 

@@ -19,6 +19,7 @@ import torch
 
 from ..checkpoints import CheckpointError, CheckpointNotFoundError
 from ..data import DatasetError, open_dataset
+from ..errors import InvalidInputError
 from ..evaluation.protocols import PROTOCOLS, make_protocol
 from ..evaluation.runner import RunMismatchError, evaluate
 from ..loading import load
@@ -27,6 +28,7 @@ from ..optional import MissingExtraError, require
 from ..predict.predictor import SamPredictor
 from ..registry import model_names
 from . import EXIT_USAGE
+
 RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: these numbers are meaningless (pipeline check only)"
 
 
@@ -64,7 +66,7 @@ def _load_model(args: argparse.Namespace):
         options["decoder_checkpoint"] = args.decoder_checkpoint
     if args.random_weights:
         if args.checkpoint:
-            raise ValueError("--random-weights and --checkpoint exclude each other")
+            raise InvalidInputError("--random-weights and --checkpoint exclude each other")
         print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
     return load(args.model, args.checkpoint, random_weights=args.random_weights, **options)
 

@@ -12,6 +12,7 @@ import torch
 
 from ..checkpoints import CheckpointError, CheckpointNotFoundError
 from ..data.images import ImageReadError, overlay, read_image, save_mask
+from ..errors import InvalidInputError
 from ..loading import load
 from ..modeling.decoder_api import HQ_OUTPUTS
 from ..predict.predictor import SamPredictor
@@ -39,7 +40,7 @@ def segment(predictor: SamPredictor, prompts: Prompts, multimask: bool = False, 
     labels = np.array(prompts.labels) if prompts.labels else None
     if len(prompts.boxes) > 1:
         if points is not None:
-            raise ValueError("points can be combined with a single box only")
+            raise InvalidInputError("points can be combined with a single box only")
         masks, scores, _ = predictor.predict_batch(boxes=np.array(prompts.boxes), multimask_output=multimask, hq_output=hq_output)
         return [m[int(np.argmax(s))] for m, s in zip(masks, scores)]
     box = np.array(prompts.boxes[0]) if prompts.boxes else None
@@ -62,7 +63,7 @@ def load_model(name: str, checkpoint: str | None, random_weights: bool, device: 
     random_weights=True)`` (seed :data:`finesam.RANDOM_WEIGHTS_SEED`), so runs are repeatable."""
     if random_weights:
         if checkpoint:
-            raise ValueError("--random-weights and --checkpoint exclude each other")
+            raise InvalidInputError("--random-weights and --checkpoint exclude each other")
         print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
     return load(name, checkpoint, random_weights=random_weights, device=device, **options)
 

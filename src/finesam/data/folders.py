@@ -23,6 +23,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import InvalidInputError
 from .images import ImageReadError, as_displayed, read_image
 
 #: extensions (lower case) of the image and mask files that are considered
@@ -31,7 +32,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SHOWN_NAMES = 5
 
 
-class DatasetError(ValueError):
+class DatasetError(InvalidInputError):
     """A data folder that cannot be read as a data set (layout, pairing, unreadable mask)."""
 
 
@@ -270,7 +271,7 @@ class FolderDataset(Sequence[Sample]):
 def check_report(dataset_name: str, root: Path, pairs: Sequence[Pair], report: PairingReport, on_missing: str) -> None:
     """Apply the ``on_missing`` policy ("warn", "error", "ignore"); no pair at all is always an error."""
     if on_missing not in ("warn", "error", "ignore"):
-        raise ValueError(f"on_missing must be 'warn', 'error' or 'ignore', got {on_missing!r}")
+        raise InvalidInputError(f"on_missing must be 'warn', 'error' or 'ignore', got {on_missing!r}")
     if not pairs:
         detail = f": {report.describe()}" if report else ""
         raise DatasetError(

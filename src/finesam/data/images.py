@@ -9,12 +9,14 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+from ..errors import InvalidInputError
+
 PALETTE = np.array(
     [[30, 144, 255], [255, 99, 71], [50, 205, 50], [255, 215, 0], [186, 85, 211], [0, 206, 209]], dtype=np.float32
 )
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InvalidInputError):
     """An image file that cannot be read."""
 
 

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidInputError
+
 SQUASH_SIZE = 1024
 
 
@@ -176,7 +178,7 @@ def error_component_clicks(
     same ``rng`` state and a larger ``count`` extends the same list.
     """
     if kind not in ERROR_KINDS:
-        raise ValueError(f"kind must be one of {ERROR_KINDS}, got {kind!r}")
+        raise InvalidInputError(f"kind must be one of {ERROR_KINDS}, got {kind!r}")
     maps = []
     if kind in ("fg", "all"):
         maps.append((gt & ~pred, True))

@@ -45,6 +45,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data import Sample
+from ..errors import InvalidInputError
 from ..metrics import iou
 from ..predict.predictor import SamPredictor
 from .prompts import (
@@ -108,7 +109,7 @@ def _points_text(coords: np.ndarray, labels: np.ndarray) -> str:
 
 def _require_points(predictor: SamPredictor, protocol: str) -> None:
     if "points" not in predictor.capabilities.prompts:
-        raise ValueError(
+        raise InvalidInputError(
             f"protocol {protocol!r} prompts with points, but this model takes {predictor.capabilities.prompt_names} prompts only "
             "(Pi-SAM); use box, box-aspect, noisy-box or pi-clicks (clicks through the Precise Interactor)"
         )
@@ -281,7 +282,7 @@ class ClicksProtocol(Protocol):
     def __init__(self, max_clicks: int = 20, **kwargs) -> None:
         super().__init__(**kwargs)
         if max_clicks < 1:
-            raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
+            raise InvalidInputError(f"max_clicks must be >= 1, got {max_clicks}")
         self.max_clicks = int(max_clicks)
 
     def variants(self) -> list[tuple[str, int]]:
@@ -336,7 +337,7 @@ class PiClicksProtocol(Protocol):
         self.kinds = tuple(kinds)
         unknown = set(self.kinds) - set(ERROR_KINDS)
         if unknown:
-            raise ValueError(f"unknown click kinds {sorted(unknown)}; use {ERROR_KINDS}")
+            raise InvalidInputError(f"unknown click kinds {sorted(unknown)}; use {ERROR_KINDS}")
 
     def variants(self) -> list[tuple[str, int]]:
         return [("box", 0)] + [(f"{kind}{n}", 0) for kind in self.kinds for n in self.counts]
@@ -397,5 +398,5 @@ def make_protocol(name: str, **options) -> Protocol:
         "pi-clicks": PiClicksProtocol,
     }
     if name not in factories:
-        raise ValueError(f"unknown protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}")
+        raise InvalidInputError(f"unknown protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}")
     return factories[name](**options)

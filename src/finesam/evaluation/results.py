@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..data import Sample
+from ..errors import InvalidInputError
 from ..metrics import METRIC_KEYS, MaskMetrics
 from .protocols import ClickOutcome, MaskOutcome, Protocol
 
@@ -150,7 +151,7 @@ class ResultStore:
             if header is None:
                 return []
             if header != self.columns:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{self.csv_path} has other columns than this run ({len(header)} vs {len(self.columns)}): it "
                     "comes from another protocol or version; use another --out or --overwrite"
                 )

@@ -12,6 +12,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from ..data import DatasetError, FolderDataset
+from ..errors import InvalidInputError
 from ..predict.predictor import SamPredictor
 from .protocols import Protocol, SkipSample
 from .report import markdown, write_plots
@@ -34,7 +35,7 @@ DESCRIPTIONS = {
 OUTPUT_FILES = ("per_image.csv", "curves.npz", "summary.json", "table.md", "recall_biou.png", "iou_per_click.png")
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(InvalidInputError):
     """The output folder holds results of a run with other settings."""
 
 

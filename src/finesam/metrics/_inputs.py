@@ -24,30 +24,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidInputError
+
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
 def _as_2d_array(x, name: str) -> np.ndarray:
     if x is None:
-        raise ValueError(f"{name} is None: pass a 2-D numpy array of shape (H, W)")
+        raise InvalidInputError(f"{name} is None: pass a 2-D numpy array of shape (H, W)")
     try:
         arr = np.asarray(x)
     except (TypeError, RuntimeError) as e:  # e.g. a CUDA tensor
-        raise ValueError(f"{name} cannot be read as a numpy array ({e}): pass a CPU numpy array") from e
+        raise InvalidInputError(f"{name} cannot be read as a numpy array ({e}): pass a CPU numpy array") from e
     if arr.ndim != 2:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} must be 2-D (H, W), got shape {arr.shape}: "
             "pass one single-channel mask (e.g. arr[..., 0] or arr.squeeze())"
         )
     if arr.size == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape}): pass a non-empty (H, W) mask")
+        raise InvalidInputError(f"{name} is empty (shape {arr.shape}): pass a non-empty (H, W) mask")
     return arr
 
 
 def _reject_01_uint8(arr: np.ndarray, name: str) -> None:
     # a 0/1 uint8 mask would silently score as empty (foreground is > 128)
     if arr.max() == 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} is uint8 with values 0/1 only, but uint8 masks are read as 0..255 "
             f"(foreground > 128): pass {name}.astype(bool) or {name} * 255"
         )
@@ -63,15 +65,15 @@ def check_pred(pred) -> np.ndarray:
         return arr
     if arr.dtype in _FLOAT_DTYPES:
         if not np.all(np.isfinite(arr)):
-            raise ValueError("pred contains NaN or inf: pass probabilities in [0, 1]")
+            raise InvalidInputError("pred contains NaN or inf: pass probabilities in [0, 1]")
         lo, hi = float(arr.min()), float(arr.max())
         if lo < 0.0 or hi > 1.0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"float pred must hold probabilities in [0, 1], got range [{lo:g}, {hi:g}]: "
                 "apply a sigmoid to logits, or pass a uint8 map 0..255"
             )
         return arr
-    raise ValueError(
+    raise InvalidInputError(
         f"pred has dtype {arr.dtype}; expected bool, uint8 (0..255) or float in [0, 1]: "
         "convert it, e.g. pred.astype(np.uint8) after checking its range is 0..255"
     )
@@ -85,7 +87,7 @@ def check_gt(gt) -> np.ndarray:
     if arr.dtype == np.uint8:
         _reject_01_uint8(arr, "gt")
         return arr > 128
-    raise ValueError(
+    raise InvalidInputError(
         f"gt has dtype {arr.dtype}; expected bool or uint8 0..255 (foreground where > 128): "
         "convert it, e.g. gt.astype(np.uint8) for a 0..255 image or gt > 0 for a label map"
     )
@@ -97,16 +99,16 @@ def check_ignore(ignore, shape: tuple[int, int]) -> np.ndarray | None:
         return None
     arr = np.asarray(ignore)
     if arr.dtype != np.bool_:
-        raise ValueError(
+        raise InvalidInputError(
             f"ignore has dtype {arr.dtype}; expected a bool mask (True = not scored): "
             "build it with a comparison, e.g. ignore = (gt == 128)"
         )
     if arr.shape != tuple(shape):
-        raise ValueError(
+        raise InvalidInputError(
             f"ignore has shape {arr.shape} but gt has shape {tuple(shape)}: they must match"
         )
     if arr.all():
-        raise ValueError("ignore is True on every pixel: nothing is left to score")
+        raise InvalidInputError("ignore is True on every pixel: nothing is left to score")
     if not arr.any():
         return None
     return arr
@@ -117,7 +119,7 @@ def check_pair(pred, gt, ignore=None) -> tuple[np.ndarray, np.ndarray, np.ndarra
     p = check_pred(pred)
     g = check_gt(gt)
     if p.shape != g.shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"pred has shape {p.shape} but gt has shape {g.shape}: resize the prediction "
             "to the ground-truth size (e.g. cv2.resize(pred, (W, H))) before scoring"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from ._inputs import prepare
 from .hce import _hce
 from .region import _boundary_iou_binary, _iou_binary, _mba_binary
@@ -115,7 +116,7 @@ class MaskMetrics:
     def curves(self) -> dict[str, np.ndarray]:
         """Mean F- and E-measure curves over images, float64 ``(256,)`` indexed by threshold."""
         if not self._f_curves:
-            raise ValueError("MaskMetrics has no images: call update(pred, gt) first")
+            raise InvalidInputError("MaskMetrics has no images: call update(pred, gt) first")
         return {
             "f": np.mean(np.array(self._f_curves, dtype=np.float64), axis=0),
             "e": np.mean(np.array(self._e_curves, dtype=np.float64), axis=0),

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InvalidInputError
+
 PROMPT_KINDS = ("points", "boxes", "masks")
 HQ_OUTPUTS = ("sum", "hq_only", "sam_only", "candidates")
 ENCODER_EXTRAS = ("early", "image")
@@ -34,7 +36,7 @@ class OutputMode:
 
     def __post_init__(self) -> None:
         if self.hq is not None and self.hq not in HQ_OUTPUTS:
-            raise ValueError(f"hq_output must be one of {HQ_OUTPUTS}, got {self.hq!r}")
+            raise InvalidInputError(f"hq_output must be one of {HQ_OUTPUTS}, got {self.hq!r}")
 
     @classmethod
     def from_flags(cls, multimask_output: bool, hq_token_only: bool | None = None, hq_output: str | None = None) -> "OutputMode":
@@ -42,7 +44,7 @@ class OutputMode:
         if hq_output is not None and hq_token_only is not None:
             expected = "hq_only" if hq_token_only else "sum"
             if hq_output != expected:
-                raise ValueError(f"hq_token_only={hq_token_only} contradicts hq_output={hq_output!r}; pass only one")
+                raise InvalidInputError(f"hq_token_only={hq_token_only} contradicts hq_output={hq_output!r}; pass only one")
         if hq_output is None and hq_token_only:
             hq_output = "hq_only"
         return cls(multimask=bool(multimask_output), hq=hq_output)
@@ -75,7 +77,7 @@ class DecoderCapabilities:
         unknown = (set(self.prompts) - set(PROMPT_KINDS)) | (set(self.encoder_features) - set(ENCODER_EXTRAS))
         unknown |= set(self.output_modes) - set(HQ_OUTPUTS)
         if unknown:
-            raise ValueError(f"unknown capability values {sorted(unknown)}")
+            raise InvalidInputError(f"unknown capability values {sorted(unknown)}")
 
     @property
     def prompt_names(self) -> str:
@@ -89,7 +91,7 @@ class DecoderCapabilities:
         refused = given - set(self.prompts)
         if refused or not given & set(self.prompts):
             hint = " Refine with clicks through correct(...)." if self.corrects_clicks else ""
-            raise ValueError(
+            raise InvalidInputError(
                 f"this model takes {'a ' if len(self.prompts) == 1 else ''}{self.prompt_names} prompt"
                 f"{'' if len(self.prompts) == 1 else 's'} only (its decoder was trained on them); got "
                 f"{', '.join(sorted(given)) or 'no prompt'}.{hint}"
@@ -98,7 +100,7 @@ class DecoderCapabilities:
     def check_mode(self, mode: OutputMode) -> None:
         """Raise ``ValueError`` for an HQ output mode this decoder does not have."""
         if mode.hq is not None and mode.hq not in self.output_modes:
-            raise ValueError(
+            raise InvalidInputError(
                 f"hq_output={mode.hq!r} / hq_token_only apply to HQ-SAM models; this model has no HQ token"
                 + ("" if self.output_size == 256 else " (it returns its high-resolution mask)")
                 + ". Load an hq_* model or leave the option out."
@@ -152,7 +154,7 @@ def broadcast_to_prompts(image_tensor: torch.Tensor, prompts: int) -> torch.Tens
         return image_tensor
     if image_tensor.shape[0] == 1:
         return image_tensor.expand(prompts, *image_tensor.shape[1:])
-    raise ValueError(
+    raise InvalidInputError(
         f"{image_tensor.shape[0]} images for {prompts} prompts: pass one image, or one image per prompt"
     )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError
 from .common import LayerNorm2d
 from .decoder_api import broadcast_to_prompts, hypernetwork_product
 from .features import ImageFeatures
@@ -54,7 +55,7 @@ class HighResHead(nn.Module):
     def rgb(self, features: ImageFeatures) -> torch.Tensor:
         """RGB embedding of the image (B_img, 8, 1024, 1024), computed once per image."""
         if features.image is None:
-            raise ValueError("Pi-SAM needs the preprocessed image in ImageFeatures.image (use Sam.encode_image)")
+            raise InvalidInputError("Pi-SAM needs the preprocessed image in ImageFeatures.image (use Sam.encode_image)")
         return features.derive_once(self, "rgb", lambda: self.rgb_embed(features.image.to(self.rgb_embed[0].weight.dtype)))
 
     def logits(self, object_embedding: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:

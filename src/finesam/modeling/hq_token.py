@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError
 from .common import MLP, LayerNorm2d
 from .decoder_api import broadcast_to_prompts
 from .features import ImageFeatures
@@ -53,7 +54,7 @@ class HQTokenFusion(nn.Module):
     def image_fusion(self, features: ImageFeatures) -> torch.Tensor:
         """Global-local fusion of the image: (B_img, 32, 256, 256), computed once per image."""
         if features.early is None:
-            raise ValueError("the HQ token needs the early encoder feature (ImageFeatures.early); use Sam.encode_image")
+            raise InvalidInputError("the HQ token needs the early encoder feature (ImageFeatures.early); use Sam.encode_image")
 
         def fuse() -> torch.Tensor:
             early = features.early.permute(0, 3, 1, 2)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints.files import to_official_keys
+from ..errors import InvalidInputError
 from .decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
 from .features import ImageFeatures
 from .prompt_encoder import PromptEncoder
@@ -122,7 +123,7 @@ class Sam(nn.Module):
         flags: (B, N) 1 foreground / 0 background; padding: (B, N) True for unused slots.
         """
         if not self.capabilities.corrects_clicks:
-            raise ValueError(
+            raise InvalidInputError(
                 "this model's decoder does not correct clicks (a Pi-SAM model does); refine SAM/HQ masks "
                 "with the clicks and the previous low-res logits as mask_input"
             )
@@ -158,18 +159,18 @@ class Sam(nn.Module):
         mode = OutputMode.from_flags(multimask_output, hq_token_only, hq_output)
         self.capabilities.check_mode(mode)
         if not batched_input:
-            raise ValueError("batched_input is empty: pass a list of dicts, one per image")
+            raise InvalidInputError("batched_input is empty: pass a list of dicts, one per image")
         images = []
         for index, record in enumerate(batched_input):
             image = record.get("image") if isinstance(record, dict) else None
             if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3 or max(image.shape[1:]) != self.image_size:
                 shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-                raise ValueError(
+                raise InvalidInputError(
                     f"batched_input[{index}]['image'] must be a (3, h, w) tensor with max(h, w) == {self.image_size} "
                     f"(resize with ResizeLongestSide first), got {shape}"
                 )
             if "original_size" not in record:
-                raise ValueError(f"batched_input[{index}] needs 'original_size' (H, W) of the image before resizing")
+                raise InvalidInputError(f"batched_input[{index}] needs 'original_size' (H, W) of the image before resizing")
             images.append(self.preprocess(image.to(self.device).float()))
         features = self.encode_preprocessed(torch.stack(images))
         outputs = []

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..errors import InvalidInputError
 from ..optional import require
 
 Rle = dict  # {"size": [H, W], "counts": list[int]}
@@ -126,7 +127,7 @@ def generate_crop_boxes(
 def batch_iterator(batch_size: int, *arrays: Sequence) -> Iterator[list]:
     """Slices of ``batch_size`` rows of each (equally long) array."""
     if not arrays or any(len(a) != len(arrays[0]) for a in arrays):
-        raise ValueError("batch_iterator needs arrays of one common length")
+        raise InvalidInputError("batch_iterator needs arrays of one common length")
     for start in range(0, len(arrays[0]), batch_size):
         yield [a[start : start + batch_size] for a in arrays]
 
@@ -246,7 +247,7 @@ def rle_to_mask(rle: Rle) -> np.ndarray:
     height, width = rle["size"]
     counts = np.asarray(rle["counts"], dtype=np.int64)
     if counts.sum() != height * width or (counts < 0).any():
-        raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected H*W = {height * width}")
+        raise InvalidInputError(f"RLE counts sum to {int(counts.sum())}, expected H*W = {height * width}")
     values = np.zeros(len(counts), dtype=bool)
     values[1::2] = True
     return np.ascontiguousarray(np.repeat(values, counts).reshape(width, height).T)
@@ -273,7 +274,7 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tup
     import cv2
 
     if mode not in ("holes", "islands"):
-        raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
+        raise InvalidInputError(f"mode must be 'holes' or 'islands', got {mode!r}")
     holes = mode == "holes"
     working = (mask ^ holes).astype(np.uint8)  # holes are the regions of the inverted mask
     n_labels, regions, stats, _ = cv2.connectedComponentsWithStats(working, connectivity=8)

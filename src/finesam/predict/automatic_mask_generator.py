@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InvalidInputError
 from ..modeling.decoder_api import OutputMode
 from ..modeling.sam import Sam
 from ..ops.nms import batched_nms
@@ -103,7 +104,7 @@ class AutomaticMaskGenerator:
         progress: bool = False,
     ) -> None:
         if "points" not in model.capabilities.prompts:
-            raise ValueError(
+            raise InvalidInputError(
                 f"automatic mask generation prompts a grid of points, and this model takes "
                 f"{model.capabilities.prompt_names} prompts only (Pi-SAM is trained on boxes): use a SAM or HQ-SAM model "
                 "(e.g. hq_vit_b) for AutomaticMaskGenerator"
@@ -112,16 +113,16 @@ class AutomaticMaskGenerator:
         _check_int("crop_n_layers", crop_n_layers, 0)
         _check_int("crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1)
         if not 0 <= crop_overlap_ratio < 1:
-            raise ValueError(f"crop_overlap_ratio must be in [0, 1), got {crop_overlap_ratio}")
+            raise InvalidInputError(f"crop_overlap_ratio must be in [0, 1), got {crop_overlap_ratio}")
         if min_mask_region_area < 0:
-            raise ValueError(f"min_mask_region_area must be >= 0 pixels, got {min_mask_region_area}")
+            raise InvalidInputError(f"min_mask_region_area must be >= 0 pixels, got {min_mask_region_area}")
         for name, value in (("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh", stability_score_thresh),
                             ("stability_score_offset", stability_score_offset), ("box_nms_thresh", box_nms_thresh),
                             ("crop_nms_thresh", crop_nms_thresh)):
             if not isinstance(value, numbers.Real) or math.isnan(float(value)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
+                raise InvalidInputError(f"{name} must be a number, got {value!r}")
         if output_mode not in OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+            raise InvalidInputError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
         if output_mode == "coco_rle":
             require("pycocotools.mask", COCO_RLE_FEATURE)
 
@@ -166,11 +167,11 @@ class AutomaticMaskGenerator:
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
+            raise InvalidInputError(
                 f"generate expects an (H, W, 3) uint8 RGB array, got shape {image.shape} dtype {image.dtype}"
             )
         if image.shape[0] == 0 or image.shape[1] == 0:
-            raise ValueError(f"generate got an empty image of shape {image.shape}")
+            raise InvalidInputError(f"generate got an empty image of shape {image.shape}")
         mode = self._mode(multimask_output, hq_token_only, hq_output)
         data = self._generate_masks(image, mode)
         if self.min_mask_region_area > 0:
@@ -334,7 +335,7 @@ def _empty_data() -> MaskData:
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _point_grids(
@@ -342,26 +343,26 @@ def _point_grids(
 ) -> list[np.ndarray]:
     """The (N_i, 2) normalised grid of each crop layer 0..crop_n_layers."""
     if points_per_side is not None and point_grids is not None:
-        raise ValueError(
+        raise InvalidInputError(
             "pass either points_per_side or point_grids, not both (set points_per_side=None to use point_grids)"
         )
     if points_per_side is None and point_grids is None:
-        raise ValueError("one of points_per_side or point_grids is required")
+        raise InvalidInputError("one of points_per_side or point_grids is required")
     if points_per_side is not None:
         _check_int("points_per_side", points_per_side, 1)
         smallest = int(points_per_side / downscale**crop_n_layers)
         if smallest < 1:
-            raise ValueError(
+            raise InvalidInputError(
                 f"points_per_side={points_per_side} with crop_n_points_downscale_factor={downscale} leaves no "
                 f"points in crop layer {crop_n_layers}; use more points or a smaller factor"
             )
         return build_all_layer_point_grids(points_per_side, crop_n_layers, downscale)
     grids = [np.asarray(grid, dtype=np.float64) for grid in point_grids]
     if len(grids) < crop_n_layers + 1:
-        raise ValueError(f"point_grids has {len(grids)} grids; crop_n_layers={crop_n_layers} needs {crop_n_layers + 1}")
+        raise InvalidInputError(f"point_grids has {len(grids)} grids; crop_n_layers={crop_n_layers} needs {crop_n_layers + 1}")
     for layer, grid in enumerate(grids):
         if grid.ndim != 2 or grid.shape[1] != 2 or len(grid) == 0:
-            raise ValueError(f"point_grids[{layer}] must have shape (N, 2) with N > 0, got {grid.shape}")
+            raise InvalidInputError(f"point_grids[{layer}] must have shape (N, 2) with N > 0, got {grid.shape}")
         if not (np.isfinite(grid).all() and (grid >= 0).all() and (grid <= 1).all()):
-            raise ValueError(f"point_grids[{layer}] must hold (x, y) points normalised to [0, 1]")
+            raise InvalidInputError(f"point_grids[{layer}] must hold (x, y) points normalised to [0, 1]")
     return grids

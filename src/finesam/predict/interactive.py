@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import InvalidInputError, NothingToUndoError
 from .predictor import SamPredictor
 
 
@@ -63,7 +64,7 @@ class InteractiveSession:
     def add_click(self, x: float, y: float, positive: bool = True) -> np.ndarray:
         """Add a foreground (``positive``) or background click at pixel (x, y); returns the new mask."""
         if self._corrects and self.box is None:
-            raise ValueError("this model corrects a box prediction (Pi-SAM): call set_box(...) before adding clicks")
+            raise InvalidInputError("this model corrects a box prediction (Pi-SAM): call set_box(...) before adding clicks")
         click = (float(x), float(y), bool(positive))
         self._push()
         self.clicks.append(click)
@@ -72,7 +73,7 @@ class InteractiveSession:
     def undo(self) -> np.ndarray | None:
         """Drop the last box or click; returns the previous mask exactly (None if nothing is left)."""
         if not self._history:
-            raise IndexError("nothing to undo")
+            raise NothingToUndoError("nothing to undo")
         snapshot = self._history.pop()
         self.box, self.clicks, self.result = snapshot.box, list(snapshot.clicks), snapshot.result
         self.predictor.correction_state = snapshot.correction_state

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import CallOrderError, InvalidInputError
 from ..modeling.decoder_api import CorrectionState, DecoderCapabilities, OutputMode
 from ..modeling.features import ImageFeatures
 from ..modeling.sam import Sam
@@ -15,25 +16,25 @@ VALID_LABELS = (-1, 0, 1)
 
 def _check_finite(name: str, values: np.ndarray) -> None:
     if not np.all(np.isfinite(values)):
-        raise ValueError(f"{name} contains NaN or infinite values; pass finite pixel coordinates")
+        raise InvalidInputError(f"{name} contains NaN or infinite values; pass finite pixel coordinates")
 
 
 def validate_points(coords: np.ndarray, labels: np.ndarray, batched: bool) -> tuple[np.ndarray, np.ndarray]:
     """Check (N, 2) / (N,) points (or (P, N, 2) / (P, N) when ``batched``)."""
     coords = np.asarray(coords, dtype=np.float64)
     if labels is None:
-        raise ValueError("point_labels is required with point_coords (1 = foreground, 0 = background)")
+        raise InvalidInputError("point_labels is required with point_coords (1 = foreground, 0 = background)")
     labels = np.asarray(labels)
     ndim = 3 if batched else 2
     if coords.ndim != ndim or coords.shape[-1] != 2:
         shape = "(P, N, 2)" if batched else "(N, 2)"
-        raise ValueError(f"point coordinates must have shape {shape} of (x, y) pixels, got {coords.shape}")
+        raise InvalidInputError(f"point coordinates must have shape {shape} of (x, y) pixels, got {coords.shape}")
     if labels.shape != coords.shape[:-1]:
-        raise ValueError(f"point labels shape {labels.shape} does not match the points {coords.shape[:-1]}")
+        raise InvalidInputError(f"point labels shape {labels.shape} does not match the points {coords.shape[:-1]}")
     _check_finite("point coordinates", coords)
     if not np.isin(labels, VALID_LABELS).all():
         bad = sorted(set(np.unique(labels).tolist()) - set(VALID_LABELS))
-        raise ValueError(f"point labels must be 1 (foreground), 0 (background) or -1 (ignore); got {bad}")
+        raise InvalidInputError(f"point labels must be 1 (foreground), 0 (background) or -1 (ignore); got {bad}")
     return coords, labels
 
 
@@ -41,15 +42,15 @@ def validate_boxes(boxes: np.ndarray, batched: bool) -> np.ndarray:
     """Check (4,) (or (P, 4)) xyxy boxes: finite, x1 >= x0, y1 >= y0."""
     boxes = np.asarray(boxes, dtype=np.float64)
     if batched and (boxes.ndim != 2 or boxes.shape[-1] != 4):
-        raise ValueError(f"boxes must have shape (P, 4) as x0, y0, x1, y1 pixels, got {boxes.shape}")
+        raise InvalidInputError(f"boxes must have shape (P, 4) as x0, y0, x1, y1 pixels, got {boxes.shape}")
     if not batched:
         if boxes.size != 4:
-            raise ValueError(f"box must have 4 values x0, y0, x1, y1 in pixels, got shape {boxes.shape}")
+            raise InvalidInputError(f"box must have 4 values x0, y0, x1, y1 in pixels, got shape {boxes.shape}")
         boxes = boxes.reshape(1, 4)
     _check_finite("box coordinates", boxes)
     flipped = np.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
     if flipped.size:
-        raise ValueError(
+        raise InvalidInputError(
             f"box {boxes[flipped[0]].tolist()} has x1 < x0 or y1 < y0 (box index {int(flipped[0])}); "
             "boxes are (x0, y0, x1, y1) with the top-left corner first"
         )
@@ -82,10 +83,10 @@ class SamPredictor:
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Compute the embedding of an (H, W, 3) uint8 image in ``image_format`` ("RGB" or "BGR")."""
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+            raise InvalidInputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
+            raise InvalidInputError(
                 f"set_image expects an (H, W, 3) uint8 array, got shape {image.shape} dtype {image.dtype}; "
                 "convert greyscale/RGBA images to RGB first (e.g. PIL's .convert('RGB'))"
             )
@@ -100,7 +101,7 @@ class SamPredictor:
         """(1, 3, h, w) image already resized so that max(h, w) = 1024, values 0..255."""
         size = self.model.image_size
         if transformed_image.ndim != 4 or transformed_image.shape[1] != 3 or max(transformed_image.shape[2:]) != size:
-            raise ValueError(f"set_torch_image expects (1, 3, h, w) with max(h, w) == {size}, got {tuple(transformed_image.shape)}")
+            raise InvalidInputError(f"set_torch_image expects (1, 3, h, w) with max(h, w) == {size}, got {tuple(transformed_image.shape)}")
         self.reset_image()
         self.original_size = tuple(int(v) for v in original_image_size)
         self.input_size = tuple(int(v) for v in transformed_image.shape[-2:])
@@ -148,7 +149,7 @@ class SamPredictor:
 
     def _require_image(self) -> None:
         if not self.is_image_set:
-            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+            raise CallOrderError("An image must be set with .set_image(...) before mask prediction.")
 
     # --- prompts -------------------------------------------------------------------------------
     def _mask_tensor(self, mask_input: np.ndarray | None, batch: int | None) -> torch.Tensor | None:
@@ -158,7 +159,7 @@ class SamPredictor:
         if mask.ndim == 3:
             mask = mask[None]
         if mask.ndim != 4 or mask.shape[1:] != (1, 256, 256) or (batch is not None and mask.shape[0] not in (1, batch)):
-            raise ValueError(
+            raise InvalidInputError(
                 f"mask_input must be (1, 256, 256) low-res logits (or (P, 1, 256, 256) for a batch), got {tuple(mask.shape)}; "
                 "pass the low_res_logits returned by an earlier predict"
             )
@@ -217,7 +218,7 @@ class SamPredictor:
         """
         self._require_image()
         if point_coords is not None and point_labels is None:
-            raise ValueError("point_labels is required with point_coords")
+            raise InvalidInputError("point_labels is required with point_coords")
         points = (point_coords, point_labels) if point_coords is not None else None
         mode = OutputMode.from_flags(multimask_output, hq_token_only, hq_output)
         output = self.model.decode(self.image_features, points, boxes, mask_input, mode)
@@ -244,15 +245,15 @@ class SamPredictor:
         (1, 256, 256) low-res logits (stage 1, which the clicks do not change).
         """
         if not self.capabilities.corrects_clicks:
-            raise ValueError(
+            raise InvalidInputError(
                 "correct() needs a model whose decoder corrects clicks (Pi-SAM, pi_vit_*); for SAM/HQ models use "
                 "finesam.InteractiveSession, which refines with the previous mask and all clicks"
             )
         state = self.correction_state
         if state is None:
-            raise RuntimeError("call predict(box=...) first: correct() refines the last prediction")
+            raise CallOrderError("call predict(box=...) first: correct() refines the last prediction")
         if state.low_res.shape[0] != 1:
-            raise ValueError("correct() refines a single-object prediction; the last predict had several prompts")
+            raise InvalidInputError("correct() refines a single-object prediction; the last predict had several prompts")
         clicks, flags = [], []
         for points, flag in ((fg_points, 1), (bg_points, 0)):
             if points is not None and len(points):
@@ -260,7 +261,7 @@ class SamPredictor:
                 clicks.append(coords)
                 flags += [flag] * len(coords)
         if not clicks:
-            raise ValueError("correct() needs at least one click in fg_points or bg_points")
+            raise InvalidInputError("correct() needs at least one click in fg_points or bg_points")
         # x / 1024 in the padded frame, no half-pixel shift: the official weights were trained
         # with clicks at grid index / 256 and used with x / W, and our training does the same.
         frame = self.transform.apply_coords(np.concatenate(clicks), self.original_size)
@@ -291,7 +292,7 @@ class SamPredictor:
         """
         self._require_image()
         if boxes is None and points is None:
-            raise ValueError("predict_batch needs boxes=(P, 4) and/or points=(P, N, 2)")
+            raise InvalidInputError("predict_batch needs boxes=(P, 4) and/or points=(P, N, 2)")
         coords = labels = box_t = None
         count = None
         if boxes is not None:
@@ -301,12 +302,12 @@ class SamPredictor:
         if points is not None:
             points_np, labels_np = validate_points(points, point_labels, batched=True)
             if count is not None and len(points_np) != count:
-                raise ValueError(f"{len(points_np)} point sets for {count} boxes: P must agree")
+                raise InvalidInputError(f"{len(points_np)} point sets for {count} boxes: P must agree")
             count = len(points_np)
             coords = torch.as_tensor(self.transform.apply_coords(points_np, self.original_size), dtype=torch.float32, device=self.device)
             labels = torch.as_tensor(labels_np, dtype=torch.int64, device=self.device)
         if count == 0:
-            raise ValueError("predict_batch got zero prompts")
+            raise InvalidInputError("predict_batch got zero prompts")
         masks, scores, low_res = self.predict_torch(
             coords, labels, box_t, self._mask_tensor(mask_input, count), multimask_output, return_logits,
             hq_token_only=hq_token_only, hq_output=hq_output,
