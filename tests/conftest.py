@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import warnings
 from pathlib import Path
@@ -58,3 +59,20 @@ def save_state(model: torch.nn.Module, path: Path) -> Path:
     """Save as the official files are: a flat state dict (persistent entries only)."""
     torch.save(model.state_dict(), path)
     return path
+
+
+# --- the fuzz suite (tests/fuzz/) ----------------------------------------------------------------
+FUZZ_CASES: collections.Counter = collections.Counter()
+
+
+@pytest.fixture
+def count_case():
+    """``count_case(category)``: record one generated fuzz case (totals printed at the end)."""
+    return lambda category: FUZZ_CASES.update([category])
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_CASES:  # "prompts, accepted" is a part of "prompts": not added to the total
+        total = sum(count for name, count in FUZZ_CASES.items() if "," not in name)
+        counts = "; ".join(f"{name} {count}" for name, count in sorted(FUZZ_CASES.items()))
+        terminalreporter.write_line(f"fuzz cases run: {total} ({counts})")

@@ -18,3 +18,15 @@ class CallOrderError(FinesamError, RuntimeError):
 
 class NothingToUndoError(FinesamError, IndexError):
     """``undo`` with no step left."""
+
+
+class UnknownModelError(FinesamError, KeyError):
+    """A model name that is not registered (a ``KeyError``); the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (the command line prints errors as one line)."""
+    return "; ".join(part.strip() for part in str(error).splitlines() if part.strip())

@@ -18,6 +18,7 @@ from .checkpoints import (
     to_official_keys,
     write_state_dict,
 )
+from .devices import resolve_device
 from .errors import InvalidInputError
 from .modeling.sam import Sam
 from .registry import ModelSpec, describe_checkpoint, get_spec
@@ -98,6 +99,8 @@ def load(
             decoder file, ``{'model_state_dict': ...}`` with 270 keys). Its ``rgb_embed`` is not
             in that file; see :class:`~finesam.registry.SamArchitecture`. A finesam Pi
             checkpoint (all keys) loads with ``checkpoint`` alone.
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA, then MPS, then the
+            CPU); a device this machine lacks is refused before any work.
         dtype: dtype of the image encoder (``torch.bfloat16`` is faster on GPUs and on CPUs
             with native bfloat16, AVX512-BF16 or AMX; elsewhere it is emulated and much slower,
             and a warning says so); the prompt encoder and decoders stay float32.
@@ -110,6 +113,7 @@ def load(
         the model in eval mode on ``device``.
     """
     spec = get_spec(name)
+    device = resolve_device(device)
     _warn_if_slow_dtype(dtype, device)
     if decoder_checkpoint is not None and not spec.decoder_file:
         raise InvalidInputError(f"decoder_checkpoint is for Pi-SAM models (whose decoder comes in its own file), not {spec.name}")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .checkpoints import CheckpointFile
-from .errors import InvalidInputError
+from .errors import InvalidInputError, UnknownModelError
 from .modeling.high_res_head import HighResHead, rgb_embedding
 from .modeling.hq_decoder import HQMaskDecoder
 from .modeling.image_encoder import ImageEncoderViT
@@ -175,7 +175,7 @@ def get_spec(name: str | ModelSpec) -> ModelSpec:
     if name not in REGISTRY:
         load_plugins()
     if name not in REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)}")
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 

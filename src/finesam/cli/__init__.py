@@ -1,28 +1,54 @@
-"""Command line: ``finesam segment`` and ``finesam eval``; each command's module is imported
-only when it runs, so optional extras are needed only by the commands that use them."""
+"""Command line: ``finesam segment`` and ``finesam eval``. Each command imports what needs an
+optional extra only when it runs. Every refusal is one line on stderr and exit code 2; an
+interruption exits 130."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
+
+from ..errors import FinesamError, one_line
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 COMMANDS = ("segment", "eval")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as one line (and exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finesam", description="High-quality promptable segmentation.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="finesam", description="High-quality promptable segmentation.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for command in COMMANDS:
         importlib.import_module(f"{__name__}.{command}").add_parser(commands)
     return parser
 
 
+def fail(command: str, message: str) -> int:
+    """Print ``finesam COMMAND: message`` as one line on stderr; returns the usage exit code."""
+    print(f"finesam {command}: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return importlib.import_module(f"{__name__}.{args.command}").run(args)
+    try:
+        return importlib.import_module(f"{__name__}.{args.command}").run(args)
+    except FinesamError as error:
+        return fail(args.command, one_line(error))
+    except OSError as error:  # writing outputs: full disk, permissions, a path that vanished
+        where = f" {error.filename}" if error.filename else ""
+        return fail(args.command, f"cannot read or write{where}: {error.strerror or error}")
+    except KeyboardInterrupt:
+        print(f"\nfinesam {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

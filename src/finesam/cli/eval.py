@@ -15,19 +15,17 @@ import sys
 import time
 import warnings
 
-import torch
-
-from ..checkpoints import CheckpointError, CheckpointNotFoundError
 from ..data import DatasetError, open_dataset
+from ..devices import DEVICE_CHOICES, resolve_device
 from ..errors import InvalidInputError
 from ..evaluation.protocols import PROTOCOLS, make_protocol
-from ..evaluation.runner import RunMismatchError, evaluate
+from ..evaluation.runner import evaluate
 from ..loading import load
 from ..modeling.decoder_api import HQ_OUTPUTS
-from ..optional import MissingExtraError, require
+from ..optional import require
+from ..outputs import check_output_dir
 from ..predict.predictor import SamPredictor
-from ..registry import model_names
-from . import EXIT_USAGE
+from ..registry import get_spec, model_names
 
 RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: these numbers are meaningless (pipeline check only)"
 
@@ -49,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--protocol", required=True, choices=PROTOCOLS, help="evaluation protocol")
     parser.add_argument("--out", required=True, help="output folder (resumed when it holds a run with the same settings)")
     parser.add_argument("--limit", type=int, help="first N images (by name) of each data set")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto: CUDA, then MPS, then the CPU)")
     parser.add_argument("--no-hce", action="store_true", help="skip the human correction effort (slow on large masks)")
     parser.add_argument("--hq-output", default="hq_only", choices=HQ_OUTPUTS,
                         help="HQ models: which logits (default hq_only, as HQ-SAM's evaluation)")
@@ -94,33 +92,26 @@ def _open_datasets(specs) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``finesam eval``; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Run ``finesam eval``; returns the exit code (0 ok, 2 bad input, 130 interrupted). Settings,
+    the output folder, the data sets and the model are checked before anything is written."""
     started = time.perf_counter()
     if args.limit is not None and args.limit < 1:
-        print("finesam eval: --limit must be >= 1", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        if not args.no_hce:
-            require("skimage.morphology", "finesam eval's human correction effort (HCE; skip it with --no-hce)")
-        datasets = _open_datasets(args.data)
-        protocol = make_protocol(args.protocol, **_protocol_options(args))
-        model = _load_model(args)
-        predictor = SamPredictor(model)
-        protocol.check(predictor)
-    except KeyError as error:  # unknown model name
-        print(f"finesam eval: {error.args[0]}", file=sys.stderr)
-        return EXIT_USAGE
-    except (DatasetError, CheckpointNotFoundError, CheckpointError, MissingExtraError, ValueError) as error:
-        print(f"finesam eval: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        raise InvalidInputError(f"--limit must be >= 1, got {args.limit}")
+    check_output_dir(args.out)
+    resolve_device(args.device)
+    get_spec(args.model)
+    if not args.no_hce:
+        require("skimage.morphology", "finesam eval's human correction effort (HCE; skip it with --no-hce)")
+    protocol = make_protocol(args.protocol, **_protocol_options(args))
+    datasets = _open_datasets(args.data)
+    model = _load_model(args)
+    predictor = SamPredictor(model)
+    protocol.check(predictor)
     run_info = {"model": args.model, "checkpoint": args.checkpoint, "decoder_checkpoint": args.decoder_checkpoint,
                 "random_weights": bool(args.random_weights)}
     try:
         summary = evaluate(predictor, datasets, protocol, args.out, limit=args.limit, hce=not args.no_hce,
                            run_info=run_info, overwrite=args.overwrite, progress=not args.quiet)
-    except RunMismatchError as error:
-        print(f"finesam eval: {error}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"\nfinesam eval: interrupted; rerun the same command to resume from {args.out}/per_image.csv",
               file=sys.stderr)

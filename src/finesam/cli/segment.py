@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import CheckpointError, CheckpointNotFoundError
-from ..data.images import ImageReadError, overlay, read_image, save_mask
+from ..data.images import check_image_path, check_mask_path, overlay, read_image, save_mask, save_overlay
+from ..devices import DEVICE_CHOICES, resolve_device
 from ..errors import InvalidInputError
 from ..loading import load
 from ..modeling.decoder_api import HQ_OUTPUTS
 from ..predict.predictor import SamPredictor
-from ..registry import model_names
-from . import EXIT_USAGE
+from ..registry import get_spec, model_names
 
 RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: these masks are meaningless (pipeline check only)"
 
@@ -54,8 +53,7 @@ def write_outputs(
     """Union of the masks as a 0/255 PNG; an overlay with one colour per object if asked."""
     save_mask(np.logical_or.reduce(masks), mask_path)
     if overlay_path is not None:
-        overlay_path.parent.mkdir(parents=True, exist_ok=True)
-        overlay(image, masks, prompts.boxes, prompts.points, prompts.labels, banner).save(overlay_path)
+        save_overlay(overlay(image, masks, prompts.boxes, prompts.points, prompts.labels, banner), overlay_path)
 
 
 def load_model(name: str, checkpoint: str | None, random_weights: bool, device: str = "cpu", **options):
@@ -83,36 +81,39 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     seg.add_argument("--hq-output", choices=HQ_OUTPUTS, help="HQ models: which logits to use (default sum)")
     seg.add_argument("--out", required=True, help="output mask PNG (0/255)")
     seg.add_argument("--overlay", help="output overlay PNG")
-    seg.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    seg.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto: CUDA, then MPS, then the CPU)")
     seg.add_argument("--random-weights", action="store_true",
                      help="seeded random weights, as finesam.load(NAME, random_weights=True): checks the pipeline, masks are meaningless")
     return seg
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``finesam segment``; returns the exit code (0 ok, 2 bad input)."""
+    """Run ``finesam segment``; returns the exit code. Refusals raise
+    :class:`~finesam.errors.FinesamError` (one line and exit code 2 from :func:`finesam.cli.main`),
+    all of them before the model is loaded or a file is written, except what only the model can tell."""
     if not args.box and not args.point:
-        print("finesam segment: give at least one --box X0 Y0 X1 Y1 or one --point X Y", file=sys.stderr)
-        return EXIT_USAGE
+        raise InvalidInputError("give at least one --box X0 Y0 X1 Y1 or one --point X Y")
+    mask_path = check_mask_path(args.out)
+    overlay_path = check_image_path(args.overlay) if args.overlay else None
+    device = resolve_device(args.device)
+    with torch.device("meta"):  # the model's declaration and frame, without weights or time
+        declared = SamPredictor(get_spec(args.model).build(), keep_early_feature=False)
     prompts = Prompts(
         boxes=args.box or [],
         points=args.point + args.negative,
         labels=[1] * len(args.point) + [0] * len(args.negative),
     )
-    try:
-        image = read_image(args.image)
-        model = load_model(args.model, args.checkpoint, args.random_weights, args.device)
-        predictor = SamPredictor(model)
-        predictor.set_image(image)
-        masks = segment(predictor, prompts, args.multimask, args.hq_output)
-    except KeyError as error:  # unknown model name
-        print(f"finesam segment: {error.args[0]}", file=sys.stderr)
-        return EXIT_USAGE
-    except (CheckpointNotFoundError, CheckpointError, ImageReadError, ValueError) as error:
-        print(f"finesam segment: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    if len(prompts.boxes) > 1 and prompts.points:
+        raise InvalidInputError("points can be combined with a single --box only")
+    image = read_image(args.image)
+    for box in prompts.boxes or [None]:  # every prompt, before the model loads
+        declared.check_prompts(image.shape[:2], np.array(prompts.points) if prompts.points else None,
+                               np.array(prompts.labels) if prompts.labels else None, box)
+    predictor = SamPredictor(load_model(args.model, args.checkpoint, args.random_weights, device))
+    predictor.set_image(image)
+    masks = segment(predictor, prompts, args.multimask, args.hq_output)
     banner = RANDOM_WEIGHTS_WARNING if args.random_weights else None
-    write_outputs(image, masks, prompts, Path(args.out), Path(args.overlay) if args.overlay else None, banner)
+    write_outputs(image, masks, prompts, mask_path, overlay_path, banner)
     print(f"wrote {args.out}" + (f" and {args.overlay}" if args.overlay else "") + f" ({int(np.logical_or.reduce(masks).sum())} mask pixels)")
     if banner:
         print(f"WARNING: {banner}")

@@ -21,10 +21,16 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..errors import InvalidInputError
-from .images import ImageReadError, as_displayed, read_image
+from ..errors import FinesamError, InvalidInputError
+from .images import (
+    HIGH_DEPTH_MODES,
+    ImageReadError,
+    depth_to_uint8,
+    opened_image,
+    read_image,
+)
 
 #: extensions (lower case) of the image and mask files that are considered
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -163,38 +169,50 @@ def pair_per_class(folder: Path, gt_extension: str = ".png") -> tuple[list[Pair]
     return pairs, report
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
+def read_mask(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read a ground-truth mask as displayed (EXIF orientation applied, as images are) as
     (H, W) uint8 0..255 (foreground > 128).
 
     Multi-channel masks keep channel 0 (as HQ-SAM's loader does); 1-bit masks become
-    0/255; a 0/1 mask (maximum 1) is scaled to 0/255 so that it does not read as empty;
-    16-bit masks above 255 are scaled down by 257.
+    0/255; a 0/1 mask (maximum 1) is scaled to 0/255 so that it does not read as empty.
+    16-bit / 32-bit integer masks whose values all fit 0..255 are kept as they are, others
+    (up to 65535) are scaled as images are, ``round(v / 257)``; float masks must be in [0, 1]
+    (``round(v * 255)``): see :func:`finesam.data.images.depth_to_uint8`.
+    The size is checked before decoding, as by :func:`~finesam.data.images.read_image`
+    (``max_pixels``, ``$FINESAM_MAX_PIXELS``). Raises :class:`DatasetError`.
     """
-    path = Path(path)
     try:
-        with Image.open(path) as stored:
-            mask = as_displayed(stored)
-            if mask.mode == "1":
-                array = np.array(mask, dtype=np.uint8) * 255
-            elif mask.mode == "L":
-                array = np.array(mask)
-            elif mask.mode == "P":
-                array = np.array(mask)
-                if array.max() > 1:  # a coloured palette: read the grey level of its colours
-                    array = np.array(mask.convert("L"))
-            elif mask.mode.startswith("I"):
-                wide = np.array(mask).astype(np.int64)
-                array = (wide // 257 if wide.max() > 255 else wide).clip(0, 255).astype(np.uint8)
-            elif mask.mode == "F":
-                raise DatasetError(f"mask {path} is a float image; save masks as 8-bit PNG (0 background, 255 object)")
-            else:
-                array = np.array(mask.convert("RGB"))[..., 0]
-    except (UnidentifiedImageError, OSError) as error:
-        raise DatasetError(f"cannot read mask {path}: {error}") from error
-    if array.max() == 1:
+        with opened_image(path, max_pixels, what="mask") as mask:
+            label = f"mask {str(Path(path))!r}"
+            try:
+                array = _mask_values(mask, label)
+            except (MemoryError, FinesamError):
+                raise
+            except Exception as error:  # e.g. a colour mode PIL cannot convert
+                raise DatasetError(f"cannot convert {label} (PIL mode {mask.mode}): {type(error).__name__}: {error}. "
+                                   "Save masks as 8-bit greyscale PNG (0 background, 255 object)") from error
+    except DatasetError:
+        raise
+    except InvalidInputError as error:  # ImageReadError, or a refused bit depth
+        raise DatasetError(str(error)) from error
+    if array.size and array.max() == 1:
         array = array * np.uint8(255)
     return np.ascontiguousarray(array, dtype=np.uint8)
+
+
+def _mask_values(mask: Image.Image, label: str) -> np.ndarray:
+    if mask.mode == "1":
+        return np.array(mask, dtype=np.uint8) * np.uint8(255)
+    if mask.mode == "L":
+        return np.array(mask)
+    if mask.mode == "P":
+        array = np.array(mask)
+        if array.max() > 1:  # a coloured palette: read the grey level of its colours
+            array = np.array(mask.convert("L"))
+        return array
+    if mask.mode in HIGH_DEPTH_MODES:
+        return depth_to_uint8(np.asarray(mask), label, small_values_are_8bit=True)
+    return np.array(mask.convert("RGB"))[..., 0]
 
 
 class FolderDataset(Sequence[Sample]):

@@ -47,6 +47,7 @@ import numpy as np
 from ..data import Sample
 from ..errors import InvalidInputError
 from ..metrics import iou
+from ..modeling.decoder_api import HQ_OUTPUTS
 from ..predict.predictor import SamPredictor
 from .prompts import (
     ERROR_KINDS,
@@ -127,8 +128,12 @@ class Protocol(abc.ABC):
     kind = "mask"  # or "clicks"
 
     def __init__(self, hq_output: str | None = "hq_only", seed: int = 0) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+            raise InvalidInputError(f"seed must be an integer >= 0, got {seed!r}")
+        if hq_output is not None and hq_output not in HQ_OUTPUTS:
+            raise InvalidInputError(f"hq_output must be one of {', '.join(HQ_OUTPUTS)}, got {hq_output!r}")
         self.hq_output = hq_output
-        self.seed = seed
+        self.seed = int(seed)
 
     @abc.abstractmethod
     def variants(self) -> list[tuple[str, int]]:

@@ -9,10 +9,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from tqdm import tqdm
 
-from ..data import DatasetError, FolderDataset
-from ..errors import InvalidInputError
+from ..data import FolderDataset
+from ..data.images import PIXEL_LIMIT_ENV
+from ..errors import FinesamError, InvalidInputError
+from ..optional import MissingExtraError
 from ..predict.predictor import SamPredictor
 from .protocols import Protocol, SkipSample
 from .report import markdown, write_plots
@@ -62,6 +65,24 @@ def _prepare_run_dir(out_dir: Path, identity: dict, datasets: dict[str, str], ov
     run_file.write_text(json.dumps({"identity": identity, "datasets": datasets}, indent=2) + "\n")
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """A failed allocation (host or GPU) while evaluating one image."""
+    if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _skip_reason(error: BaseException) -> str:
+    """Why a sample is skipped, in one line."""
+    if _out_of_memory(error):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return (f"out of memory ({type(error).__name__}: {str(error).strip()[:200]}); segment it on a larger machine, "
+                f"or lower the pixel limit ({PIXEL_LIMIT_ENV}) to skip such images when reading them")
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def evaluate(
     predictor: SamPredictor,
     datasets: Sequence[FolderDataset],
@@ -77,8 +98,11 @@ def evaluate(
     """Evaluate ``protocol`` on the first ``limit`` images of each data set; write the run files.
 
     Images already in ``out_dir/per_image.csv`` (from an interrupted run with the same
-    settings) are skipped. Writes per_image.csv, curves.npz, summary.json, table.md and a PNG
-    plot; returns the summary dict (also in summary.json).
+    settings) are skipped. An image that cannot be evaluated (unreadable, empty, over the
+    pixel limit, a mask of another size, an empty ground truth, out of memory) is not scored:
+    it is listed with the reason in the summary's ``skipped`` and the run goes on.
+    Writes per_image.csv, curves.npz, summary.json, table.md and a PNG plot; returns the
+    summary dict (also in summary.json).
     run_info: what identifies the model (name, checkpoint, ...), stored and checked on resume.
     """
     started = time.perf_counter()
@@ -102,11 +126,18 @@ def evaluate(
             for pair in bar:
                 try:
                     sample = dataset.load(pair)
-                    outcomes = protocol.run(predictor, sample)
-                except (SkipSample, DatasetError) as reason:
-                    skipped.append({"dataset": dataset.name, "name": pair.name, "reason": str(reason)})
+                    scored = [score(outcome, sample, dataset.name, hce) for outcome in protocol.run(predictor, sample)]
+                except MissingExtraError:  # the setup, not this image: stop the run
+                    raise
+                except (SkipSample, FinesamError) as reason:  # DatasetError, ImageReadError, bad input
+                    skipped.append({"dataset": dataset.name, "name": pair.name, "reason": _skip_reason(reason)})
                     continue
-                store.add(score(outcome, sample, dataset.name, hce) for outcome in outcomes)
+                except (MemoryError, RuntimeError) as error:
+                    if not _out_of_memory(error):
+                        raise
+                    skipped.append({"dataset": dataset.name, "name": pair.name, "reason": _skip_reason(error)})
+                    continue
+                store.add(scored)
     finally:
         store.close()
     summary = {

@@ -7,8 +7,13 @@ Per-image functions take ``pred`` and ``gt`` of one shape ``(H, W)``:
 - ``ignore`` (optional): ``bool (H, W)``, ``True`` on pixels not scored (e.g. GrabCut's
   128 band: ``ignore = gt == 128``).
 
-Anything else (other dtypes, shapes, out-of-range floats, NaN, a ``uint8`` 0/1 mask that
-would silently read as empty) raises ``ValueError`` saying what to pass instead.
+Anything else (other dtypes, shapes, empty or ragged arrays, out-of-range floats, NaN/inf,
+a ``uint8`` 0/1 mask that would silently read as empty, an ``ignore`` that leaves nothing
+to score) raises :class:`finesam.errors.InvalidInputError` (a ``ValueError``) saying what
+to pass instead. So do parameters outside their domain, checked before any work:
+``dilation_ratio`` in (0, 1], ``beta2`` / ``weighted_beta2`` > 0, ``alpha`` in [0, 1],
+``relax`` an integer >= 0, ``epsilon`` >= 0, all finite, bools and strings refused
+(see ``PARAMETERS`` in :mod:`._inputs`).
 
 Region measures (:mod:`.region`) binarise the prediction (``bool`` as is, ``uint8 > 128``,
 ``float > 0.5``): :func:`iou` and :func:`boundary_iou` as in HQ-SAM's evaluation,
@@ -22,7 +27,14 @@ S-measure (``alpha = 0.5``) and relaxed HCE (``relax = 5``, ``epsilon = 2.0``).
 
 Degenerate cases: IoU / boundary IoU of two empty masks = 1.0; an mBA radius with an empty
 band scores 1.0 if the prediction is right everywhere, else 0.0; the SOD measures follow
-PySODMetrics (GT empty: F = 0, weighted F = 0, S = 1 - mean(p); E counts agreement).
+PySODMetrics (GT empty: F = 0, weighted F = 0, S = 1 - mean(p); E counts agreement),
+except where its formula is undefined: the E-measure divides by ``N - 1`` (``N`` scored
+pixels), so with ``N = 1`` it is the one pixel's alignment (1.0 if the binary map agrees
+with the GT there, else 0.0) instead of ``sum / eps`` (about 4.5e15). Ranges: every measure
+is finite; IoU, boundary IoU, mBA, the F-measures, MAE and S in [0, 1]; E in
+``[0, N / (N - 1)]`` (a perfect map scores ``N / (N - 1)`` as in PySODMetrics; at most 2),
+[0, 1] for ``N = 1``; HCE an integer >= 0. 1-pixel, 1 x N and N x 1 images are scored
+like any other.
 
 Ignored pixels: the prediction takes the GT value on them (nothing there is an error),
 and the measures that count or average pixels leave them out:

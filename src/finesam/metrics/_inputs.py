@@ -16,10 +16,17 @@ Two views of the prediction are derived:
 - the *normalised* map used by the SOD/DIS measures, defined as in PySODMetrics'
   ``prepare_data`` (MATLAB ``mapminmax(im2double(pred))``): ``uint8 / 255`` (``bool`` is read
   as ``uint8`` 0/255, a float map as is), then min-max stretched to [0, 1] unless constant.
+
+Numeric parameters of the measures (``dilation_ratio``, ``beta2``, ``alpha``, ``relax``,
+``epsilon``, ...) are checked by :func:`check_param` against their domains in
+:data:`PARAMETERS`. Everything refused raises :class:`~finesam.errors.InvalidInputError`
+(a ``ValueError``) naming the argument, the value and what is allowed.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,13 +36,121 @@ from ..errors import InvalidInputError
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
+# ----------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class Domain:
+    """The allowed values of one parameter.
+
+    ``kind``: ``"real"`` (a finite int or float, bools refused), ``"int"`` (an integer,
+    bools and floats refused) or ``"flag"`` (``True`` / ``False``); ``low`` / ``high``:
+    bounds (``None``: unbounded), excluded when ``low_open`` / ``high_open``.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        if self.kind == "flag":
+            return "True or False"
+        noun = "an integer" if self.kind == "int" else "a finite number"
+        low, high = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{noun} in {left}{low}, {high}{right}"
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {low}"
+        if self.high is not None:
+            return f"{noun} {'<' if self.high_open else '<='} {high}"
+        return noun
+
+    def contains(self, x: float) -> bool:
+        if isinstance(x, float) and not math.isfinite(x):
+            return False
+        if self.low is not None and (x < self.low or (self.low_open and x == self.low)):
+            return False
+        if self.high is not None and (x > self.high or (self.high_open and x == self.high)):
+            return False
+        return True
+
+
+#: the domain of every parameter of the public measures and of ``MaskMetrics``
+PARAMETERS: dict[str, Domain] = {
+    # boundary width as a fraction of the image diagonal; 1 already makes the band the whole mask
+    "dilation_ratio": Domain("real", 0, 1, low_open=True),
+    # F-measure weights of precision vs recall: beta^2 > 0 (0 would make F the precision alone)
+    "beta2": Domain("real", 0, low_open=True),
+    "weighted_beta2": Domain("real", 0, low_open=True),
+    # S-measure balance of its object and region parts
+    "alpha": Domain("real", 0, 1),
+    # HCE: relaxation width in pixels and Douglas-Peucker tolerance in pixels
+    "relax": Domain("int", 0),
+    "epsilon": Domain("real", 0),
+    # image sizes of the geometry helpers (OpenCV's limit)
+    "height": Domain("int", 1, 2**31 - 1),
+    "width": Domain("int", 1, 2**31 - 1),
+    "hce": Domain("flag"),
+}
+
+
+def _number(x) -> str:
+    return "" if x is None else str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_param(name: str, value):
+    """Validate the parameter ``name`` against ``PARAMETERS[name]``.
+
+    Returns it as a Python ``float`` (real), ``int`` (integer) or ``bool`` (flag); raises
+    :class:`InvalidInputError` naming the parameter, the value and its domain otherwise.
+    """
+    domain = PARAMETERS[name]
+    allowed = domain.describe()
+    is_bool = isinstance(value, (bool, np.bool_))
+    if domain.kind == "flag":
+        if not is_bool:
+            raise InvalidInputError(f"{name} must be {allowed}, got {type(value).__name__} {_show(value)}")
+        return bool(value)
+    if is_bool:
+        raise InvalidInputError(f"{name} must be {allowed}, got the bool {value!r}: pass a number, not a flag")
+    if domain.kind == "int":
+        if not isinstance(value, numbers.Integral):
+            hint = ""
+            if isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer():
+                hint = f": pass int({_show(value)})"
+            raise InvalidInputError(f"{name} must be {allowed}, got {type(value).__name__} {_show(value)}{hint}")
+        x = int(value)
+        if not domain.contains(x):
+            raise InvalidInputError(f"{name} must be {allowed}, got {x}")
+        return x
+    if not isinstance(value, numbers.Real):
+        raise InvalidInputError(f"{name} must be {allowed}, got {type(value).__name__} {_show(value)}")
+    try:
+        x = float(value)
+    except OverflowError:  # an int too large for a float
+        x = math.inf
+    if not domain.contains(x):
+        raise InvalidInputError(f"{name} must be {allowed}, got {_show(value)}")
+    return x
+
+
+# ----------------------------------------------------------------------------- arrays
 def _as_2d_array(x, name: str) -> np.ndarray:
     if x is None:
         raise InvalidInputError(f"{name} is None: pass a 2-D numpy array of shape (H, W)")
     try:
         arr = np.asarray(x)
-    except (TypeError, RuntimeError) as e:  # e.g. a CUDA tensor
-        raise InvalidInputError(f"{name} cannot be read as a numpy array ({e}): pass a CPU numpy array") from e
+    except Exception as e:  # e.g. a CUDA tensor (TypeError), a ragged nested list (ValueError)
+        raise InvalidInputError(
+            f"{name} cannot be read as a numpy array ({type(e).__name__}: {e}): "
+            "pass a 2-D CPU numpy array of shape (H, W)"
+        ) from e
     if arr.ndim != 2:
         raise InvalidInputError(
             f"{name} must be 2-D (H, W), got shape {arr.shape}: "
@@ -43,6 +158,8 @@ def _as_2d_array(x, name: str) -> np.ndarray:
         )
     if arr.size == 0:
         raise InvalidInputError(f"{name} is empty (shape {arr.shape}): pass a non-empty (H, W) mask")
+    if not arr.dtype.isnative:  # e.g. big-endian floats read from a file
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
 
 
@@ -93,11 +210,22 @@ def check_gt(gt) -> np.ndarray:
     )
 
 
+def check_mask(mask, name: str = "mask") -> np.ndarray:
+    """Validate a binary mask: a non-empty 2-D ``bool`` array."""
+    arr = _as_2d_array(mask, name)
+    if arr.dtype != np.bool_:
+        raise InvalidInputError(
+            f"{name} has dtype {arr.dtype}; expected a bool (H, W) mask: "
+            f"pass e.g. {name} > 128 for a 0..255 image or {name} > 0 for a label map"
+        )
+    return arr
+
+
 def check_ignore(ignore, shape: tuple[int, int]) -> np.ndarray | None:
     """Validate an ignore mask; return ``None`` when it ignores nothing."""
     if ignore is None:
         return None
-    arr = np.asarray(ignore)
+    arr = _as_2d_array(ignore, "ignore")
     if arr.dtype != np.bool_:
         raise InvalidInputError(
             f"ignore has dtype {arr.dtype}; expected a bool mask (True = not scored): "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidInputError
-from ._inputs import prepare
+from ._inputs import check_param, prepare
 from .hce import _hce
 from .region import _boundary_iou_binary, _iou_binary, _mba_binary
 from .sod import (
@@ -29,6 +29,19 @@ METRIC_KEYS = (
 _PER_IMAGE = ("iou", "biou", "mba", "adp_f", "weighted_f", "mae", "s_measure", "adp_e", "hce")
 
 
+class _Setting:
+    """A ``MaskMetrics`` setting, validated by :func:`check_param` whenever it is assigned."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else obj.__dict__[self.name]
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self.name] = check_param(self.name, value)
+
+
 class MaskMetrics:
     """Accumulates mask-quality measures over images; :meth:`compute` gives data-set scores.
 
@@ -49,7 +62,27 @@ class MaskMetrics:
     Inputs: ``pred`` bool, uint8 0..255 or float in [0, 1]; ``gt`` bool or uint8 (foreground
     ``> 128``); ``ignore`` optional bool mask of pixels not scored; all 2-D of one shape.
     How each measure treats ignored pixels is documented in :mod:`finesam.metrics`.
+
+    Settings (validated when the object is made and whenever one is assigned; anything
+    else raises ``InvalidInputError``): ``dilation_ratio`` in (0, 1]; ``beta2`` and
+    ``weighted_beta2`` finite and > 0; ``alpha`` in [0, 1]; ``relax`` an integer >= 0;
+    ``epsilon`` finite and >= 0; ``hce`` a bool.
+
+    Ranges: every value is finite; ``iou``, ``biou``, ``mba``, the F-measures, ``mae`` and
+    ``s_measure`` are in [0, 1]; the E-measures in [0, 2] (per image at most ``N / (N - 1)``
+    for ``N`` >= 2 scored pixels, at most 1 for ``N = 1``, see
+    :func:`~finesam.metrics.emeasure_curve`); ``hce`` is an integer >= 0 (NaN when
+    ``hce=False``). Degenerate images (1 pixel, 1 x N, empty or full masks) count like any
+    other image with the values documented for each measure.
     """
+
+    dilation_ratio = _Setting()
+    beta2 = _Setting()
+    weighted_beta2 = _Setting()
+    alpha = _Setting()
+    relax = _Setting()
+    epsilon = _Setting()
+    hce = _Setting()
 
     def __init__(
         self,
@@ -85,7 +118,8 @@ class MaskMetrics:
 
         The returned dict has the keys of :meth:`compute`, where ``max_f``/``mean_f``/
         ``max_e``/``mean_e`` are the max/mean of this image's own curves.
-        Raises ``ValueError`` on bad input (shape, dtype, range), recording nothing.
+        Raises ``InvalidInputError`` (a ``ValueError``) on bad input (shape, dtype, range,
+        nothing left to score after ``ignore``), recording nothing.
         """
         prep = prepare(pred, gt, ignore)
         f_curve = _fmeasure_curve(prep, self.beta2)

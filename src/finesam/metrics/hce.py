@@ -5,6 +5,10 @@ number of polygon control points needed to trace the false-positive and false-ne
 regions where they touch the rest of the object, plus one click for each independent
 error region. "Relaxed": errors thinner than ``relax`` pixels along the true boundary
 are forgiven, but errors on the GT skeleton (thin structures) are always counted.
+
+Parameters: ``relax`` an integer >= 0 (bools and floats refused), ``epsilon`` a finite
+number >= 0; anything else raises ``InvalidInputError`` before any work. Degenerate images
+(1 pixel, 1 x N, N x 1, empty or full masks) give an integer >= 0 like any other.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import cv2
 import numpy as np
 
 from ..optional import require
-from ._inputs import Prepared, prepare
+from ._inputs import Prepared, check_param, prepare
 
 # 3x3 cross, skimage.morphology.disk(1)
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
@@ -24,7 +28,10 @@ def _relax(region: np.ndarray, allowed: np.ndarray, eroded_union: np.ndarray, re
     core (``region & eroded_union``) without leaving ``allowed``."""
     grown = region & eroded_union
     for _ in range(relax):
-        grown = cv2.dilate(grown.astype(np.uint8), _CROSS).astype(bool) & allowed
+        step = cv2.dilate(grown.astype(np.uint8), _CROSS).astype(bool) & allowed
+        if np.array_equal(step, grown):
+            break  # nothing left to reach: further steps change nothing (and a huge relax ends)
+        grown = step
     return region & grown
 
 
@@ -83,12 +90,19 @@ def _control_points(segments: list[np.ndarray], epsilon: float) -> int:
 
 
 def _hce_binary(pred: np.ndarray, gt: np.ndarray, relax: int, epsilon: float) -> int:
+    h, w = gt.shape
+    # Larger values change nothing, and OpenCV refuses them (iterations beyond a C int,
+    # epsilon >= 1e30): H + W erosions by the cross empty every pixel that can be emptied
+    # (Manhattan distances in the image are < H + W), and a tolerance of H + W, more than
+    # any point-to-chord distance in the image, already keeps only the end points.
+    erosions = min(relax, h + w)
+    epsilon = min(epsilon, float(h + w))
     gt_skeleton = require("skimage.morphology", "the human correction effort (HCE)").skeletonize(gt)
     tp = gt & pred
     fp = pred & ~gt
     fn = gt & ~pred
 
-    eroded_union = cv2.erode((gt | pred).astype(np.uint8), _CROSS, iterations=relax).astype(bool)
+    eroded_union = cv2.erode((gt | pred).astype(np.uint8), _CROSS, iterations=erosions).astype(bool)
     # relaxed errors: drop those within `relax` pixels of the union's border
     fp_r = _relax(fp, ~gt, eroded_union, relax)
     fn_r = _relax(fn, ~pred, eroded_union, relax)
@@ -122,5 +136,10 @@ def human_correction_effort(pred, gt, relax: int = 5, epsilon: float = 2.0, igno
       relaxed error regions touching neither (see :func:`_boundary_segments`).
 
     ``ignore``: the prediction takes the GT value on ignored pixels (no error there).
+    ``relax``: an integer >= 0 (any size: the relaxation stops once it reaches every
+    error pixel it can); ``epsilon``: a finite number >= 0 (values above ``H + W`` act as
+    ``H + W``, which already exceeds every point-to-chord distance in the image).
     """
+    relax = check_param("relax", relax)
+    epsilon = check_param("epsilon", epsilon)
     return _hce(prepare(pred, gt, ignore), relax, epsilon)

@@ -9,6 +9,10 @@ error), and they are left out of every pixel count: of both masks for IoU, of bo
 bands for boundary IoU (the bands themselves are computed on the full GT and on the filled
 prediction, so that a predicted edge inside an ignored band matches the GT's edge), and of
 the evaluation band for mBA. For IoU and mBA the filling changes nothing.
+
+Degenerate inputs (1-pixel, 1 x N or N x 1 images, empty or full masks) all have defined
+values in [0, 1]: see each function. ``dilation_ratio`` must be in (0, 1] (a ratio of 1
+already makes the band the whole mask); anything else raises ``InvalidInputError``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import math
 import cv2
 import numpy as np
 
-from ._inputs import binarize_pred, check_pair
+from ._inputs import binarize_pred, check_mask, check_pair, check_param
 
 
 def _count(mask: np.ndarray, valid: np.ndarray | None) -> int:
@@ -47,12 +51,30 @@ def iou(pred, gt, ignore=None) -> float:
     return _iou_binary(binarize_pred(p), g, None if ign is None else ~ign)
 
 
+def _boundary_width(height: int, width: int, dilation_ratio: float) -> int:
+    return max(1, int(round(dilation_ratio * math.sqrt(height**2 + width**2))))
+
+
 def boundary_width(height: int, width: int, dilation_ratio: float = 0.02) -> int:
     """Boundary width ``d = max(1, round(dilation_ratio * sqrt(H^2 + W^2)))`` in pixels.
 
-    ``round`` is Python's (half to even), as in the reference definition.
+    ``round`` is Python's (half to even), as in the reference definition. ``height`` and
+    ``width``: integers in [1, 2^31 - 1]; ``dilation_ratio``: in (0, 1].
     """
-    return max(1, int(round(dilation_ratio * math.sqrt(height**2 + width**2))))
+    return _boundary_width(
+        check_param("height", height), check_param("width", width), check_param("dilation_ratio", dilation_ratio)
+    )
+
+
+def _mask_boundary(mask: np.ndarray, dilation_ratio: float) -> np.ndarray:
+    h, w = mask.shape
+    # a band wider than the image changes nothing: every pixel is then within d of the padding
+    d = min(_boundary_width(h, w, dilation_ratio), max(h, w))
+    padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    # the (2d+1) square erosion is separable: rows, then columns (the same minimum, exactly)
+    eroded = cv2.erode(padded, np.ones((1, 2 * d + 1), np.uint8))
+    eroded = cv2.erode(eroded, np.ones((2 * d + 1, 1), np.uint8))[1 : h + 1, 1 : w + 1]
+    return mask & (eroded == 0)
 
 
 def mask_boundary(mask: np.ndarray, dilation_ratio: float = 0.02) -> np.ndarray:
@@ -63,18 +85,16 @@ def mask_boundary(mask: np.ndarray, dilation_ratio: float = 0.02) -> np.ndarray:
     (``d`` from :func:`boundary_width`) and un-padded. Eroding ``d`` times with a 3x3
     square equals one erosion with a ``(2d+1)`` square, which is what is done here.
     Returns bool ``(H, W)``: the mask pixels within Chebyshev distance ``d`` of the
-    background or of the image border.
+    background or of the image border (all of a mask no wider than ``2d`` pixels, e.g.
+    any mask of a 1 x N image). ``mask``: a non-empty 2-D ``bool`` array.
     """
-    h, w = mask.shape
-    d = boundary_width(h, w, dilation_ratio)
-    padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    eroded = cv2.erode(padded, np.ones((2 * d + 1, 2 * d + 1), np.uint8))[1 : h + 1, 1 : w + 1]
-    return mask & (eroded == 0)
+    ratio = check_param("dilation_ratio", dilation_ratio)
+    return _mask_boundary(check_mask(mask), ratio)
 
 
 def _boundary_iou_binary(pred, gt, valid, dilation_ratio: float) -> float:
-    bp = mask_boundary(pred, dilation_ratio)
-    bg = mask_boundary(gt, dilation_ratio)
+    bp = _mask_boundary(pred, dilation_ratio)
+    bg = _mask_boundary(gt, dilation_ratio)
     # a non-empty mask always has a non-empty boundary, so union == 0 iff both are empty
     return _iou_binary(bp, bg, valid)
 
@@ -86,20 +106,28 @@ def boundary_iou(pred, gt, dilation_ratio: float = 0.02, ignore=None) -> float:
     ``BIoU = |B(P) & B(G)| / |B(P) | B(G)|``. Convention: both masks empty -> 1.0 (NaN
     in HQ-SAM's code). ``ignore``: the prediction takes the GT value on ignored pixels, the
     bands are computed on the full masks, and ignored pixels are left out of both bands.
+    ``dilation_ratio``: a finite number in (0, 1] (``InvalidInputError`` otherwise).
+    On images no wider than ``2d`` pixels (e.g. 1 x N) the bands are the masks themselves,
+    so boundary IoU equals IoU there.
     """
+    dilation_ratio = check_param("dilation_ratio", dilation_ratio)
     p, g, ign = check_pair(pred, gt, ignore)
     pred_bin = _fill(binarize_pred(p), g, ign)
     return _boundary_iou_binary(pred_bin, g, None if ign is None else ~ign, dilation_ratio)
+
+
+def _mba_radii(height: int, width: int) -> list[int]:
+    max_radius = (width + height) / 300
+    return [1 + int((max_radius - 1) / 5 * i) for i in range(5)]
 
 
 def mba_radii(height: int, width: int) -> list[int]:
     """The five band radii of mBA: ``r_i = 1 + int((R - 1) / 5 * i)``, ``R = (H + W) / 300``.
 
     ``int`` truncates toward zero, so every radius is >= 1 (all 1 for images with
-    ``H + W < 600``).
+    ``H + W < 600``). ``height``, ``width``: integers in [1, 2^31 - 1].
     """
-    max_radius = (width + height) / 300
-    return [1 + int((max_radius - 1) / 5 * i) for i in range(5)]
+    return _mba_radii(check_param("height", height), check_param("width", width))
 
 
 def _mba_binary(pred, gt, valid) -> float:
@@ -107,7 +135,7 @@ def _mba_binary(pred, gt, valid) -> float:
     correct = pred == gt
     all_correct = bool(correct.all() if valid is None else correct[valid].all())
     accs = []
-    for r in mba_radii(*gt.shape):
+    for r in _mba_radii(*gt.shape):
         disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
         # morphological gradient > 0  <=>  dilation != erosion
         band = cv2.dilate(gt8, disk) != cv2.erode(gt8, disk)
@@ -132,7 +160,8 @@ def mean_boundary_accuracy(pred, gt, ignore=None) -> float:
     of the five accuracies. ``ignore``: ignored pixels are left out of the band.
     Convention: a radius whose band is empty (GT empty or full, or band fully ignored)
     scores 1.0 if the prediction equals the GT on every scored pixel, else 0.0
-    (CascadePSP's code divides 0 by 0 there).
+    (CascadePSP's code divides 0 by 0 there); this covers 1-pixel images and a GT that is
+    all foreground or all background.
     """
     p, g, ign = check_pair(pred, gt, ignore)
     return _mba_binary(binarize_pred(p), g, None if ign is None else ~ign)

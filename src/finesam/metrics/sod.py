@@ -16,6 +16,13 @@ Ignored pixels (``ignore`` bool ``(H, W)``; the prediction takes the GT value on
 - structural measures (S-measure, weighted F-measure, HCE) need the full pixel grid, so the
   prediction is set to the GT (1.0 on foreground, 0.0 on background) on ignored pixels:
   errors there cost nothing while the layout of the image is kept.
+
+Degenerate images (1 pixel, 1 x N, N x 1, GT all foreground or all background) follow the
+reference wherever it is defined; the one place it is not is the E-measure's ``N - 1``
+denominator at ``N = 1`` scored pixel, defined here as the pixel's own alignment (see
+:func:`emeasure_curve`). Every measure returns finite values in its documented range.
+Parameters (``beta2`` > 0, ``alpha`` in [0, 1]) are validated before any work; values
+outside their domain, NaN, inf, bools and non-numbers raise ``InvalidInputError``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import convolve, distance_transform_edt
 
-from ._inputs import Prepared, prepare
+from ._inputs import Prepared, check_param, prepare
 
 # MATLAB's eps, as used by PySODMetrics
 EPS = float(np.spacing(1))
@@ -85,12 +92,18 @@ def fmeasure_curve(pred, gt, beta2: float = 0.3, ignore=None) -> np.ndarray:
     ``F = (1 + beta2) P R / (beta2 P + R)`` with precision ``P = TP / (TP + FP)`` and
     recall ``R = TP / |G|``; each ratio is 0 when its denominator is 0 (so GT empty -> 0).
     A dataset's max-F / mean-F are the max / mean of the *mean curve over images*.
+    Values in [0, 1]; ``beta2``: a finite number > 0.
     """
+    beta2 = check_param("beta2", beta2)
     return _fmeasure_curve(prepare(pred, gt, ignore), beta2)
 
 
 def adaptive_fmeasure(pred, gt, beta2: float = 0.3, ignore=None) -> float:
-    """F-measure of ``p >= min(2 * mean(p), 1)`` (adaptive threshold); 0 when ``TP == 0``."""
+    """F-measure of ``p >= min(2 * mean(p), 1)`` (adaptive threshold), in [0, 1].
+
+    0 when ``TP == 0`` (so GT empty -> 0); ``beta2``: a finite number > 0.
+    """
+    beta2 = check_param("beta2", beta2)
     return _adaptive_fmeasure(prepare(pred, gt, ignore), beta2)
 
 
@@ -165,8 +178,14 @@ def s_measure(pred, gt, alpha: float = 0.5, ignore=None) -> float:
     GT full -> ``mean(p)``. ``S_object`` scores ``2 m / (m^2 + 1 + s + eps)`` (``m``, ``s``:
     mean and sample std) of ``p`` on the GT foreground and of ``1 - p`` on the background,
     weighted by the GT area; ``S_region`` is the area-weighted SSIM of the four quadrants
-    split at the (rounded, half-to-even) GT centroid.
+    split at the (rounded, half-to-even) GT centroid. ``alpha``: a number in [0, 1].
+
+    Degenerate cases: an empty quadrant (1 x N or N x 1 images) has weight 0 and scores 0
+    (NaN in the reference); a quadrant where ``p`` and the GT are both constant (e.g. one
+    pixel) scores 1 and one where the SSIM numerator alone is 0 scores 0, as in the
+    reference; a 1-pixel image has an empty or full GT, so S is ``1 - p`` or ``p`` there.
     """
+    alpha = check_param("alpha", alpha)
     return _s_measure(prepare(pred, gt, ignore), alpha)
 
 
@@ -201,12 +220,18 @@ def _enhanced_sum(fg_fg, fg_bg, n_fg: int, n: int):
     return total
 
 
+def _e_denominator(n: int) -> float:
+    """The reference's ``N - 1 + eps``; 1 when ``N = 1`` (where ``N - 1 + eps`` is eps and the
+    sum, 0 or 1, would become 0 or 4.5e15)."""
+    return n - 1 + EPS if n > 1 else 1.0
+
+
 def _emeasure_curve(prep: Prepared) -> np.ndarray:
     p, g = _scored(prep)
     n, n_fg = g.size, int(np.count_nonzero(g))
     tp, fp = _counts_per_threshold(p, g)
     total = _enhanced_sum(tp, fp, n_fg, n)
-    return np.asarray(total / (n - 1 + EPS), dtype=np.float64)
+    return np.asarray(total / _e_denominator(n), dtype=np.float64)
 
 
 def _adaptive_emeasure(prep: Prepared) -> float:
@@ -214,21 +239,29 @@ def _adaptive_emeasure(prep: Prepared) -> float:
     n, n_fg = g.size, int(np.count_nonzero(g))
     binary = p >= _adaptive_threshold(p)
     total = _enhanced_sum(int(np.count_nonzero(binary & g)), int(np.count_nonzero(binary & ~g)), n_fg, n)
-    return float(total / (n - 1 + EPS))
+    return float(total / _e_denominator(n))
 
 
 def emeasure_curve(pred, gt, ignore=None) -> np.ndarray:
     """Enhanced-alignment measure (Fan et al. 2018) of ``q >= t``, ``t = 0..255``; ``(256,)``.
 
     For a binary map ``B``: ``E = sum((1 + xi)^2 / 4) / (N - 1 + eps)`` with
-    ``xi = 2 a b / (a^2 + b^2 + eps)``, ``a = B - mean(B)``, ``b = G - mean(G)`` per pixel.
-    GT empty -> ``E = |~B| / (N - 1 + eps)``; GT full -> ``|B| / (N - 1 + eps)``.
+    ``xi = 2 a b / (a^2 + b^2 + eps)``, ``a = B - mean(B)``, ``b = G - mean(G)`` per pixel
+    (``N``: scored pixels). GT empty -> ``E = |~B| / (N - 1 + eps)``; GT full ->
+    ``|B| / (N - 1 + eps)``.
+
+    Range: each pixel's term is in [0, 1], so ``E`` is in ``[0, N / (N - 1)]``; as in
+    PySODMetrics a perfect map scores ``N / (N - 1)``, slightly above 1 (at most 2, at
+    ``N = 2``). Degenerate case ``N = 1`` (a 1-pixel image, or one pixel left by
+    ``ignore``): ``N - 1 = 0``, where the reference gives ``sum / eps`` (about 4.5e15);
+    here ``E`` is the sum itself, i.e. the one pixel's alignment: 1.0 where ``B`` equals the
+    GT there, else 0.0.
     """
     return _emeasure_curve(prepare(pred, gt, ignore))
 
 
 def adaptive_emeasure(pred, gt, ignore=None) -> float:
-    """E-measure of ``p >= min(2 * mean(p), 1)``."""
+    """E-measure of ``p >= min(2 * mean(p), 1)``; range and ``N = 1`` as :func:`emeasure_curve`."""
     return _adaptive_emeasure(prepare(pred, gt, ignore))
 
 
@@ -276,6 +309,9 @@ def weighted_fmeasure(pred, gt, beta2: float = 1.0, ignore=None) -> float:
     foreground, the smaller of ``E`` and the smoothed error is kept; background errors are
     weighted by ``2 - exp(ln(0.5) / 5 * dist)``. With weighted ``TP = |G| - sum(Ew[G])``,
     ``FP = sum(Ew[~G])``: ``R = 1 - mean(Ew[G])``, ``P = TP / (TP + FP + eps)``,
-    ``F = (1 + beta2) R P / (R + beta2 P + eps)``.
+    ``F = (1 + beta2) R P / (R + beta2 P + eps)``. ``beta2``: a finite number > 0.
+    A GT with no background (all foreground, e.g. a 1-pixel foreground image): ``FP = 0``,
+    so ``P`` is 1 (0 when ``TP = 0``) and ``F`` depends on the recall only.
     """
+    beta2 = check_param("beta2", beta2)
     return _weighted_fmeasure(prepare(pred, gt, ignore), beta2)

@@ -13,6 +13,7 @@ from ..checkpoints.files import to_official_keys
 from ..errors import InvalidInputError
 from .decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
 from .features import ImageFeatures
+from .prompt_checks import check_click_points, check_model_prompts
 from .prompt_encoder import PromptEncoder
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -108,9 +109,11 @@ class Sam(nn.Module):
         """Prompts in the 1024 frame -> :class:`DecoderOutput` for B prompts.
 
         points: ((B, N, 2) xy, (B, N) labels); boxes: (B, 4) xyxy; mask_input: (B, 1, 256, 256)
-        logits. Prompt kinds the decoder does not declare are refused.
+        logits. Prompt kinds the decoder does not declare, and values that cannot give a finite
+        mask (see :func:`~finesam.modeling.prompt_checks.check_model_prompts`), are refused.
         """
         self.capabilities.check_prompts(points is not None, boxes is not None, mask_input is not None)
+        check_model_prompts(points, boxes, mask_input, self.image_size)
         sparse, dense = self.prompt_encoder(points, boxes, mask_input)
         return self.mask_decoder(features, self.prompt_encoder.get_dense_pe(), sparse, dense, mode)
 
@@ -127,6 +130,7 @@ class Sam(nn.Module):
                 "this model's decoder does not correct clicks (a Pi-SAM model does); refine SAM/HQ masks "
                 "with the clicks and the previous low-res logits as mask_input"
             )
+        check_click_points(points, flags)
         return self.mask_decoder.correct(state, points, flags, padding)
 
     def postprocess_masks(

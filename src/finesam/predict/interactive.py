@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InvalidInputError, NothingToUndoError
-from .predictor import SamPredictor
+from .predictor import SamPredictor, validate_boxes, validate_points
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class InteractiveSession:
 
     def set_box(self, box) -> np.ndarray:
         """Set (or replace) the object's box (x0, y0, x1, y1) pixels; returns the new mask."""
-        values = tuple(float(v) for v in np.asarray(box, dtype=float).reshape(-1))
+        values = tuple(float(v) for v in validate_boxes(box, batched=False).reshape(-1))
         self._push()
         self.box = values
         return self._update(box_changed=True)
@@ -65,7 +65,10 @@ class InteractiveSession:
         """Add a foreground (``positive``) or background click at pixel (x, y); returns the new mask."""
         if self._corrects and self.box is None:
             raise InvalidInputError("this model corrects a box prediction (Pi-SAM): call set_box(...) before adding clicks")
-        click = (float(x), float(y), bool(positive))
+        coords, _ = validate_points([[x, y]], [1], batched=False, name="click (x, y)")
+        if not isinstance(positive, (bool, np.bool_)) and positive not in (0, 1):
+            raise InvalidInputError(f"positive must be True (foreground) or False (background), got {positive!r}")
+        click = (float(coords[0, 0]), float(coords[0, 1]), bool(positive))
         self._push()
         self.clicks.append(click)
         return self._update(box_changed=False)

@@ -8,10 +8,25 @@ import torch
 from ..errors import CallOrderError, InvalidInputError
 from ..modeling.decoder_api import CorrectionState, DecoderCapabilities, OutputMode
 from ..modeling.features import ImageFeatures
+from ..modeling.prompt_checks import FRAME_MARGIN, check_model_prompts
 from ..modeling.sam import Sam
 from .transforms import ResizeLongestSide
 
 VALID_LABELS = (-1, 0, 1)
+
+
+def _as_real_array(name: str, values, dtype=np.float64) -> np.ndarray:
+    """``values`` as a real numeric array, or a clear error naming ``name``."""
+    if isinstance(values, (str, bytes)):
+        raise InvalidInputError(f"{name} must be numbers, got the string {values!r}")
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(f"{name} must be an array of numbers ({error})") from error
+    if array.dtype.kind not in "biuf":
+        raise InvalidInputError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    with np.errstate(over="ignore"):  # too large for the dtype becomes inf, which the checks refuse
+        return array.astype(dtype, copy=False)
 
 
 def _check_finite(name: str, values: np.ndarray) -> None:
@@ -19,28 +34,28 @@ def _check_finite(name: str, values: np.ndarray) -> None:
         raise InvalidInputError(f"{name} contains NaN or infinite values; pass finite pixel coordinates")
 
 
-def validate_points(coords: np.ndarray, labels: np.ndarray, batched: bool) -> tuple[np.ndarray, np.ndarray]:
+def validate_points(coords: np.ndarray, labels: np.ndarray, batched: bool, name: str = "point_coords") -> tuple[np.ndarray, np.ndarray]:
     """Check (N, 2) / (N,) points (or (P, N, 2) / (P, N) when ``batched``)."""
-    coords = np.asarray(coords, dtype=np.float64)
     if labels is None:
-        raise InvalidInputError("point_labels is required with point_coords (1 = foreground, 0 = background)")
-    labels = np.asarray(labels)
+        raise InvalidInputError(f"point_labels is required with {name} (1 = foreground, 0 = background)")
+    coords = _as_real_array(name, coords)
+    labels = _as_real_array("point_labels", labels)
     ndim = 3 if batched else 2
-    if coords.ndim != ndim or coords.shape[-1] != 2:
+    if coords.ndim != ndim or coords.shape[-1] != 2 or coords.shape[-2] == 0:
         shape = "(P, N, 2)" if batched else "(N, 2)"
-        raise InvalidInputError(f"point coordinates must have shape {shape} of (x, y) pixels, got {coords.shape}")
+        raise InvalidInputError(f"{name} must have shape {shape} of (x, y) pixels with N >= 1, got {coords.shape}")
     if labels.shape != coords.shape[:-1]:
-        raise InvalidInputError(f"point labels shape {labels.shape} does not match the points {coords.shape[:-1]}")
-    _check_finite("point coordinates", coords)
+        raise InvalidInputError(f"point_labels shape {labels.shape} does not match {name} {coords.shape[:-1]}")
+    _check_finite(name, coords)
     if not np.isin(labels, VALID_LABELS).all():
         bad = sorted(set(np.unique(labels).tolist()) - set(VALID_LABELS))
-        raise InvalidInputError(f"point labels must be 1 (foreground), 0 (background) or -1 (ignore); got {bad}")
-    return coords, labels
+        raise InvalidInputError(f"point_labels must be 1 (foreground), 0 (background) or -1 (ignore); got {bad}")
+    return coords, labels.astype(np.int64)
 
 
 def validate_boxes(boxes: np.ndarray, batched: bool) -> np.ndarray:
     """Check (4,) (or (P, 4)) xyxy boxes: finite, x1 >= x0, y1 >= y0."""
-    boxes = np.asarray(boxes, dtype=np.float64)
+    boxes = _as_real_array("boxes" if batched else "box", boxes)
     if batched and (boxes.ndim != 2 or boxes.shape[-1] != 4):
         raise InvalidInputError(f"boxes must have shape (P, 4) as x0, y0, x1, y1 pixels, got {boxes.shape}")
     if not batched:
@@ -55,6 +70,20 @@ def validate_boxes(boxes: np.ndarray, batched: bool) -> np.ndarray:
             "boxes are (x0, y0, x1, y1) with the top-left corner first"
         )
     return boxes
+
+
+def check_near_image(name: str, xy: np.ndarray, original_size: tuple[int, int]) -> None:
+    """Refuse (..., 2) (x, y) pixels that lie more than one image size outside the (H, W) image:
+    far enough to overflow once scaled to the model frame, and no sensible prompt."""
+    height, width = original_size
+    limits = np.array([width, height], dtype=np.float64) * FRAME_MARGIN
+    outside = (xy < -limits) | (xy > np.array([width, height]) + limits)
+    if outside.any():
+        value = xy[outside][0]
+        raise InvalidInputError(
+            f"{name} hold {value:.4g}, far outside the {width}x{height} image: prompts must lie within one "
+            f"image size of it (x in {-limits[0]:g}..{width + limits[0]:g}, y in {-limits[1]:g}..{height + limits[1]:g})"
+        )
 
 
 class SamPredictor:
@@ -84,7 +113,14 @@ class SamPredictor:
         """Compute the embedding of an (H, W, 3) uint8 image in ``image_format`` ("RGB" or "BGR")."""
         if image_format not in ("RGB", "BGR"):
             raise InvalidInputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+            raise InvalidInputError(
+                f"set_image expects an (H, W, 3) uint8 array, not a path ({image!r}): "
+                "read the file with finesam.data.images.read_image(path)"
+            )
         image = np.asarray(image)
+        if image.ndim == 3 and image.shape[2] == 3 and 0 in image.shape[:2]:
+            raise InvalidInputError(f"set_image got an empty image of shape {image.shape}")
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InvalidInputError(
                 f"set_image expects an (H, W, 3) uint8 array, got shape {image.shape} dtype {image.dtype}; "
@@ -155,7 +191,7 @@ class SamPredictor:
     def _mask_tensor(self, mask_input: np.ndarray | None, batch: int | None) -> torch.Tensor | None:
         if mask_input is None:
             return None
-        mask = torch.as_tensor(np.asarray(mask_input), dtype=torch.float32, device=self.device)
+        mask = torch.as_tensor(_as_real_array("mask_input", mask_input, np.float32), device=self.device)
         if mask.ndim == 3:
             mask = mask[None]
         if mask.ndim != 4 or mask.shape[1:] != (1, 256, 256) or (batch is not None and mask.shape[0] not in (1, batch)):
@@ -185,19 +221,45 @@ class SamPredictor:
         :class:`~finesam.modeling.decoder_api.OutputMode`).
         """
         self._require_image()
-        coords = labels = boxes = None
-        if point_coords is not None:
-            points, point_labels = validate_points(point_coords, point_labels, batched=False)
-            coords = torch.as_tensor(self.transform.apply_coords(points, self.original_size), dtype=torch.float32, device=self.device)[None]
-            labels = torch.as_tensor(point_labels, dtype=torch.int64, device=self.device)[None]
-        if box is not None:
-            box_np = self.transform.apply_boxes(validate_boxes(box, batched=False), self.original_size)
-            boxes = torch.as_tensor(box_np, dtype=torch.float32, device=self.device)
+        coords, labels, boxes = (None if t is None else t.to(self.device)
+                                 for t in self.check_prompts(self.original_size, point_coords, point_labels, box))
         masks, scores, low_res = self.predict_torch(
             coords, labels, boxes, self._mask_tensor(mask_input, 1), multimask_output, return_logits,
             hq_token_only=hq_token_only, hq_output=hq_output,
         )
         return masks[0].cpu().numpy(), scores[0].cpu().numpy(), low_res[0].cpu().numpy()
+
+    def check_prompts(
+        self,
+        original_size: tuple[int, int],
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Validate ``predict``'s prompts for an image of ``original_size`` (H, W) without
+        encoding it (so that a command can refuse them before the expensive work), and return
+        them in the model frame on the CPU: coords (1, N, 2), labels (1, N), box (1, 4), or None
+        each. Needs no weights: a model built on the meta device will do."""
+        coords = labels = boxes = None
+        if point_coords is None and point_labels is not None:
+            raise InvalidInputError("point_labels were given without point_coords; pass both, or neither")
+        with np.errstate(over="ignore"):  # huge coordinates become inf here, refused just below
+            if point_coords is not None:
+                points, point_labels = validate_points(point_coords, point_labels, batched=False)
+                check_near_image("point_coords", points, original_size)
+                coords = torch.as_tensor(self.transform.apply_coords(points, original_size), dtype=torch.float32)[None]
+                labels = torch.as_tensor(point_labels, dtype=torch.int64)[None]
+            if box is not None:
+                box_np = validate_boxes(box, batched=False)
+                check_near_image("box coordinates", box_np.reshape(-1, 2), original_size)
+                box_np = self.transform.apply_boxes(box_np, original_size)
+                boxes = torch.as_tensor(box_np, dtype=torch.float32)
+        if coords is not None or boxes is not None:  # a mask_input alone is checked when decoding
+            self.capabilities.check_prompts(coords is not None, boxes is not None, False)
+        height, width = original_size
+        check_model_prompts((coords, labels) if coords is not None else None, boxes, None, self.model.image_size,
+                            hint=f" (image {width}x{height})")
+        return coords, labels, boxes
 
     @torch.no_grad()
     def predict_torch(
@@ -219,6 +281,8 @@ class SamPredictor:
         self._require_image()
         if point_coords is not None and point_labels is None:
             raise InvalidInputError("point_labels is required with point_coords")
+        if point_coords is None and point_labels is not None:
+            raise InvalidInputError("point_labels were given without point_coords; pass both, or neither")
         points = (point_coords, point_labels) if point_coords is not None else None
         mode = OutputMode.from_flags(multimask_output, hq_token_only, hq_output)
         output = self.model.decode(self.image_features, points, boxes, mask_input, mode)
@@ -255,16 +319,24 @@ class SamPredictor:
         if state.low_res.shape[0] != 1:
             raise InvalidInputError("correct() refines a single-object prediction; the last predict had several prompts")
         clicks, flags = [], []
-        for points, flag in ((fg_points, 1), (bg_points, 0)):
-            if points is not None and len(points):
-                coords, _ = validate_points(points, np.full(len(points), flag), batched=False)
-                clicks.append(coords)
-                flags += [flag] * len(coords)
+        for name, points, flag in (("fg_points", fg_points, 1), ("bg_points", bg_points, 0)):
+            if points is None:
+                continue
+            coords = _as_real_array(name, points)
+            if coords.size == 0:
+                continue
+            if coords.ndim != 2 or coords.shape[1] != 2:
+                raise InvalidInputError(f"{name} must have shape (N, 2) of (x, y) pixels, got {coords.shape}")
+            coords, _ = validate_points(coords, np.full(len(coords), flag), batched=False, name=name)
+            check_near_image(name, coords, self.original_size)
+            clicks.append(coords)
+            flags += [flag] * len(coords)
         if not clicks:
             raise InvalidInputError("correct() needs at least one click in fg_points or bg_points")
         # x / 1024 in the padded frame, no half-pixel shift: the official weights were trained
         # with clicks at grid index / 256 and used with x / W, and our training does the same.
-        frame = self.transform.apply_coords(np.concatenate(clicks), self.original_size)
+        with np.errstate(over="ignore"):  # refused by the model's click check
+            frame = self.transform.apply_coords(np.concatenate(clicks), self.original_size)
         normalised = torch.as_tensor(frame / self.model.image_size, dtype=torch.float32, device=self.device)
         flag_tensor = torch.as_tensor(flags, dtype=torch.int64, device=self.device)
         output = self.model.correct(state, normalised[None], flag_tensor[None])
@@ -297,14 +369,18 @@ class SamPredictor:
         count = None
         if boxes is not None:
             boxes_np = validate_boxes(boxes, batched=True)
+            check_near_image("box coordinates", boxes_np.reshape(-1, 2), self.original_size)
             count = len(boxes_np)
-            box_t = torch.as_tensor(self.transform.apply_boxes(boxes_np, self.original_size), dtype=torch.float32, device=self.device)
+            with np.errstate(over="ignore"):  # inf after scaling is refused by the model-frame check
+                box_t = torch.as_tensor(self.transform.apply_boxes(boxes_np, self.original_size), dtype=torch.float32, device=self.device)
         if points is not None:
             points_np, labels_np = validate_points(points, point_labels, batched=True)
+            check_near_image("point coordinates", points_np, self.original_size)
             if count is not None and len(points_np) != count:
                 raise InvalidInputError(f"{len(points_np)} point sets for {count} boxes: P must agree")
             count = len(points_np)
-            coords = torch.as_tensor(self.transform.apply_coords(points_np, self.original_size), dtype=torch.float32, device=self.device)
+            with np.errstate(over="ignore"):
+                coords = torch.as_tensor(self.transform.apply_coords(points_np, self.original_size), dtype=torch.float32, device=self.device)
             labels = torch.as_tensor(labels_np, dtype=torch.int64, device=self.device)
         if count == 0:
             raise InvalidInputError("predict_batch got zero prompts")

@@ -7,11 +7,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..errors import InvalidInputError
+
 
 def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """Size after scaling the longest side to ``long_side`` (rounded as the official code)."""
+    """Size after scaling the longest side to ``long_side`` (rounded as the official code).
+
+    Every side keeps at least 1 pixel: a 1 x 5000 strip becomes 1 x 1024 (the official
+    rounding gives 0, which PIL refuses). Sizes the official code handles are unchanged.
+    Raises :class:`~finesam.errors.InvalidInputError` for an empty (0-pixel) size.
+    """
+    if height < 1 or width < 1:
+        raise InvalidInputError(
+            f"the image is empty ({height}x{width} pixels, height x width); an image needs at least 1x1 pixel"
+        )
     scale = long_side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 class ResizeLongestSide:
@@ -28,7 +39,7 @@ class ResizeLongestSide:
         return preprocess_shape(height, width, long_side or self.target_length)
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (h, w, 3) uint8."""
+        """(H, W, 3) uint8 -> (h, w, 3) uint8; an empty image raises InvalidInputError."""
         height, width = self.get_preprocess_shape(*image.shape[:2])
         return np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
 

@@ -1,0 +1,154 @@
+"""Generated ``finesam segment`` command lines: exit 0 with a mask of the image's size, or exit 2
+with one line on stderr and no traceback."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+from fuzz_checks import examples
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from finesam import cli
+from finesam.cli import segment as segment_command
+from finesam.modeling.sam import Sam
+
+IMAGE_SIZE = (70, 50)  # width, height
+
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_fuzz")
+    pixels = np.random.default_rng(5).integers(0, 255, (IMAGE_SIZE[1], IMAGE_SIZE[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "photo.png")
+    Image.fromarray(pixels).save(root / "photo.jpg")
+    (root / "notes.png").write_text("not an image")
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "folder").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def fast_models():
+    """Load each model once and encode each image once: the fuzz is about the command line."""
+    loaded, encoded = {}, {}
+    real_load, real_encode = segment_command.load, Sam.encode_image
+
+    def load(name, checkpoint=None, **kwargs):
+        key = (name, str(checkpoint), repr(sorted(kwargs.items())))
+        if key not in loaded:
+            loaded[key] = real_load(name, checkpoint, **kwargs)
+        return loaded[key]
+
+    def encode_image(self, x, extras=None):
+        key = (id(self), hashlib.sha1(x.numpy().tobytes()).hexdigest(), repr(extras))
+        if key not in encoded:
+            encoded[key] = real_encode(self, x, extras)
+        return encoded[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(segment_command, "load", load)
+        patch.setattr(Sam, "encode_image", encode_image)
+        yield
+
+
+NUMBER_TOKENS = st.sampled_from(["10", "5.5", "0", "-3", "69", "49", "1e38", "-1e300", "nan", "inf", "x", "", "1e5", "35"])
+COORDS = st.lists(NUMBER_TOKENS, min_size=2, max_size=2)
+BOX_TOKENS = st.one_of(
+    st.tuples(st.sampled_from(["0", "5", "10"]), st.sampled_from(["0", "5", "8"]), st.sampled_from(["40", "60", "69"]),
+              st.sampled_from(["30", "45", "49"])).map(list),  # well-formed boxes
+    st.lists(NUMBER_TOKENS, min_size=3, max_size=5),
+)
+
+
+GOOD_BOX = st.tuples(st.sampled_from(["0", "5", "10"]), st.sampled_from(["0", "5", "8"]),
+                    st.sampled_from(["40", "60", "69"]), st.sampled_from(["30", "45", "49"])).map(list)
+GOOD_POINT = st.tuples(st.sampled_from(["20", "35", "3.5"]), st.sampled_from(["10", "25"])).map(list)
+
+
+@st.composite
+def plausible_command_line(draw, root):
+    """A command a user would type, with one thing at a time possibly wrong."""
+    parts = {
+        "image": [str(root / draw(st.sampled_from(["photo.png", "photo.jpg"])))],
+        "model": ["--model", draw(st.sampled_from(["mobile_sam", "hq_vit_tiny"])), "--random-weights"],
+        "prompt": ["--box", *draw(GOOD_BOX)] if draw(st.booleans()) else ["--point", *draw(GOOD_POINT)],
+        "out": ["--out", str(root / "out" / draw(st.sampled_from(["m.png", "m.bmp", "new/m.png"])))],
+        "options": [],
+    }
+    if draw(st.booleans()):
+        parts["options"] += ["--overlay", str(root / "out" / draw(st.sampled_from(["o.png", "o.jpg"])))]
+    if draw(st.booleans()):
+        parts["options"] += ["--device", draw(st.sampled_from(["cpu", "auto"]))]
+    if draw(st.integers(0, 2)) == 0:
+        wrong = draw(st.sampled_from(sorted(parts)))
+        parts[wrong] = {
+            "image": [str(root / draw(st.sampled_from(["missing.png", "notes.png", "empty.jpg", "folder"])))],
+            "model": ["--model", draw(st.sampled_from(["sam_vit_x", "mobile_sam"]))],  # unknown, or no weights
+            "prompt": ["--box", *draw(st.lists(NUMBER_TOKENS, min_size=4, max_size=4))],
+            "out": ["--out", str(root / draw(st.sampled_from(["out/m.jpg", "out/m", "folder", "notes.png/m.png"])))],
+            "options": ["--device", draw(st.sampled_from(["tpu9", "cuda:3", "meta"]))],
+        }[wrong]
+    return ["segment", *parts["image"], *parts["model"], *parts["prompt"], *parts["out"], *parts["options"]]
+
+
+@st.composite
+def any_command_line(draw, root):
+    image = draw(st.sampled_from(["photo.png", "photo.png", "photo.jpg", "missing.png", "notes.png", "empty.jpg", "folder"]))
+    args = ["segment", str(root / image)]
+    model = draw(st.sampled_from(["mobile_sam", "mobile_sam", "hq_vit_tiny", "sam_vit_x", ""]))
+    args += ["--model", model]
+    if draw(st.integers(0, 5)):
+        args.append("--random-weights")
+    for _ in range(draw(st.integers(0, 2))):
+        args += ["--box", *draw(BOX_TOKENS)]
+    for flag in ("--point", "--negative"):
+        for _ in range(draw(st.integers(0, 1))):
+            args += [flag, *draw(COORDS)]
+    out = draw(st.sampled_from(["m.png", "m.png", "m.bmp", "m.jpg", "m", "folder", "notes.png/m.png", "new/sub/m.png"]))
+    args += ["--out", str(root / "out" / out) if out != "folder" and not out.startswith("notes") else str(root / out)]
+    if draw(st.integers(0, 3)) == 0:
+        args += ["--overlay", str(root / "out" / draw(st.sampled_from(["o.png", "o.jpg", "o.gif", "o"])))]
+    if draw(st.integers(0, 2)) == 0:
+        args += ["--device", draw(st.sampled_from(["cpu", "auto", "tpu9", "cuda:3", "meta"]))]
+    if draw(st.integers(0, 3)) == 0:
+        args += ["--hq-output", draw(st.sampled_from(["sum", "hq_only", "candidates", "bogus"]))]
+    if draw(st.booleans()):
+        args.append("--multimask")
+    return args
+
+
+def command_lines(root):
+    return st.one_of(plausible_command_line(root), plausible_command_line(root), any_command_line(root))
+
+
+@settings(max_examples=examples(120), deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_segment_command_lines(files, fast_models, capsys, count_case, data):
+    count_case("cli")
+    shutil.rmtree(files / "out", ignore_errors=True)
+    args = data.draw(command_lines(files), "argv")
+    try:
+        code = cli.main(args)
+    except SystemExit as exit_info:  # argparse refusals
+        code = exit_info.code
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    if code == 0:
+        count_case("cli, accepted")
+        out = args[args.index("--out") + 1]
+        with Image.open(out) as mask:
+            assert mask.size == IMAGE_SIZE
+            assert set(np.unique(np.asarray(mask))) <= {0, 255}
+    else:
+        assert code == 2, (args, captured.err)
+        lines = [line for line in captured.err.splitlines() if line.strip() and not line.startswith("WARNING: RANDOM WEIGHTS")]
+        assert len(lines) == 1, (args, captured.err)
+        written = [path for path in (files / "out").rglob("*") if path.is_file()] if (files / "out").exists() else []
+        assert not written, (args, written)  # a refusal writes nothing
