@@ -4,7 +4,6 @@ README's layout section matches the package tree."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 

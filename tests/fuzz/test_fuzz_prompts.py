@@ -143,21 +143,13 @@ def pi():
 
 
 # --- the fuzz tests ----------------------------------------------------------------------------
-@fuzz_settings(250)
+@pytest.mark.parametrize("name", ["sam", "hq"])
+@fuzz_settings(150)
 @given(data=st.data())
-def test_predict_on_sam(sam, count_case, data):
+def test_predict(name, request, count_case, data):
+    predictor = request.getfixturevalue(name)
     count_case("prompts")
-    result, _ = clear_error_or_result(lambda: sam.predict(**predict_kwargs(data)))
-    if result is not None:
-        count_case("prompts, accepted")
-        check_prediction(result)
-
-
-@fuzz_settings(60)
-@given(data=st.data())
-def test_predict_on_hq(hq, count_case, data):
-    count_case("prompts")
-    result, _ = clear_error_or_result(lambda: hq.predict(**predict_kwargs(data)))
+    result, _ = clear_error_or_result(lambda: predictor.predict(**predict_kwargs(data)))
     if result is not None:
         count_case("prompts, accepted")
         check_prediction(result)
