@@ -47,12 +47,6 @@ class SamArchitecture:
         """A variant with other encoder settings (e.g. ``depth`` and ``global_attn_indexes``)."""
         return replace(self, encoder_config={**self.encoder_config, **overrides})
 
-    @property
-    def early_dim(self) -> int:
-        if self.encoder == "vit":
-            return self.encoder_config.get("embed_dim", 768)
-        return self.encoder_config.get("embed_dims", (64, 128, 160, 320))[2]
-
     def _encoders(self) -> tuple[nn.Module, PromptEncoder]:
         encoder = ImageEncoderViT if self.encoder == "vit" else TinyViT
         return encoder(**self.encoder_config), PromptEncoder()
@@ -63,10 +57,10 @@ class SamArchitecture:
                 torch.manual_seed(PI_RGB_SEED)
                 image_encoder, prompt_encoder = self._encoders()
                 rgb_embed = rgb_embedding()
-            decoder: nn.Module = PiMaskDecoder(vit_dim=self.early_dim, high_res=HighResHead(rgb_embed=rgb_embed))
+            decoder: nn.Module = PiMaskDecoder(vit_dim=image_encoder.early_feature_dim, high_res=HighResHead(rgb_embed=rgb_embed))
         else:
             image_encoder, prompt_encoder = self._encoders()
-            decoder = HQMaskDecoder(vit_dim=self.early_dim) if self.decoder == "hq" else MaskDecoder()
+            decoder = HQMaskDecoder(vit_dim=image_encoder.early_feature_dim) if self.decoder == "hq" else MaskDecoder()
         return Sam(image_encoder, prompt_encoder, decoder).eval()
 
 

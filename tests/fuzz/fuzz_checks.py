@@ -8,12 +8,16 @@ shape. ``FUZZ_EXAMPLES=N`` runs N examples per test instead of the defaults (whi
 
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
+import pytest
 
 from finesam.errors import FinesamError
+from finesam.modeling.sam import Sam
 
 
 def examples(default: int) -> int:
@@ -40,3 +44,28 @@ def assert_finite(*arrays) -> None:
         values = np.asarray(array)
         if values.dtype.kind in "fc":
             assert np.isfinite(values).all(), "a result holds NaN or inf"
+
+
+@contextmanager
+def cached_models(command_module) -> Iterator[None]:
+    """While active, ``command_module.load`` loads each model once and ``Sam.encode_image``
+    encodes each image once: command-line fuzz cases are about the command, not the encoder."""
+    loaded, encoded = {}, {}
+    real_load, real_encode = command_module.load, Sam.encode_image
+
+    def load(name, checkpoint=None, **kwargs):
+        key = (name, str(checkpoint), repr(sorted(kwargs.items())))
+        if key not in loaded:
+            loaded[key] = real_load(name, checkpoint, **kwargs)
+        return loaded[key]
+
+    def encode_image(self, x, extras=None):
+        key = (id(self), hashlib.sha1(x.numpy().tobytes()).hexdigest(), repr(extras))
+        if key not in encoded:
+            encoded[key] = real_encode(self, x, extras)
+        return encoded[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(command_module, "load", load)
+        patch.setattr(Sam, "encode_image", encode_image)
+        yield

@@ -3,19 +3,17 @@ with one line on stderr and no traceback."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 
 import numpy as np
 import pytest
-from fuzz_checks import examples
+from fuzz_checks import cached_models, examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from finesam import cli
 from finesam.cli import segment as segment_command
-from finesam.modeling.sam import Sam
 
 IMAGE_SIZE = (70, 50)  # width, height
 
@@ -35,25 +33,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fast_models():
-    """Load each model once and encode each image once: the fuzz is about the command line."""
-    loaded, encoded = {}, {}
-    real_load, real_encode = segment_command.load, Sam.encode_image
-
-    def load(name, checkpoint=None, **kwargs):
-        key = (name, str(checkpoint), repr(sorted(kwargs.items())))
-        if key not in loaded:
-            loaded[key] = real_load(name, checkpoint, **kwargs)
-        return loaded[key]
-
-    def encode_image(self, x, extras=None):
-        key = (id(self), hashlib.sha1(x.numpy().tobytes()).hexdigest(), repr(extras))
-        if key not in encoded:
-            encoded[key] = real_encode(self, x, extras)
-        return encoded[key]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(segment_command, "load", load)
-        patch.setattr(Sam, "encode_image", encode_image)
+    with cached_models(segment_command):
         yield
 
 

@@ -3,21 +3,18 @@ image it could not evaluate, or exit 2 with one line; never a traceback."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 
 import numpy as np
 import pytest
+from fuzz_checks import cached_models, examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from finesam import cli
 from finesam.cli import eval as eval_command
-from finesam.modeling.sam import Sam
-
-from fuzz_checks import examples
 
 # A few fixed pictures, so that the (cached) encoder runs a handful of times in all.
 RNG = np.random.default_rng(9)
@@ -68,24 +65,7 @@ IMAGE_SHAPES = {"rgb": None, "jpeg": None, "strip": (1, None), "pixel": (1, 1), 
 
 @pytest.fixture(scope="module")
 def fast_model():
-    loaded, encoded = {}, {}
-    real_load, real_encode = eval_command.load, Sam.encode_image
-
-    def load(name, checkpoint=None, **kwargs):
-        key = (name, str(checkpoint), repr(sorted(kwargs.items())))
-        if key not in loaded:
-            loaded[key] = real_load(name, checkpoint, **kwargs)
-        return loaded[key]
-
-    def encode_image(self, x, extras=None):
-        key = (id(self), hashlib.sha1(x.numpy().tobytes()).hexdigest(), repr(extras))
-        if key not in encoded:
-            encoded[key] = real_encode(self, x, extras)
-        return encoded[key]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(eval_command, "load", load)
-        patch.setattr(Sam, "encode_image", encode_image)
+    with cached_models(eval_command):
         yield
 
 

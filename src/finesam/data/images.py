@@ -377,8 +377,6 @@ def check_image_path(path: str | os.PathLike) -> Path:
     return _check_output_path(path, OVERLAY_FORMATS, "overlay", "overlay.png")[0]
 
 
-check_overlay_path = check_image_path
-
 
 def _write_atomically(image: Image.Image, path: Path, fmt: str, what: str, **params) -> None:
     """Save to a temporary file in the target folder, then ``os.replace`` it over ``path``;
