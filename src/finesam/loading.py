@@ -139,7 +139,7 @@ def load(
         source = f"{source} + decoder {str(decoder_checkpoint)!r}"
         allow += spec.kept_from_build
     state = to_official_keys(from_official_keys(state, prefixes), prefixes)  # files in our own names too
-    if spec.decoder_file and decoder_checkpoint is None:
+    if spec.decoder_file and decoder_checkpoint is None and init_missing is None:
         added = _part_prefixes(model, model.mask_decoder.new_parts)
         if not any(k.startswith(added) and not k.startswith(spec.kept_from_build) for k in state):
             raise CheckpointError(

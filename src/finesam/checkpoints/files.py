@@ -54,17 +54,41 @@ def write_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike)
     path = Path(path)
     if path.suffix not in (".pth", ".pt", ".safetensors"):
         raise ValueError(f"checkpoint path {str(path)!r} must end in .pth, .pt or .safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        return write_atomically(path, lambda temporary: save_file(tensors, temporary))
+    return write_atomically(path, lambda temporary: torch.save(tensors, temporary))
+
+
+def save_atomically(obj: object, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to a temporary file beside ``path``, then rename it over ``path``."""
+    return write_atomically(Path(path), lambda temporary: torch.save(obj, temporary))
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(path: Path, write: Callable[[str], object]) -> Path:
+    """Run ``write(temporary_path)`` in ``path``'s folder, then rename the result over ``path``:
+    a crash leaves the old file or none, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(handle)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
-            save_file(tensors, temporary)
-        else:
-            torch.save(tensors, temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
+        write(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

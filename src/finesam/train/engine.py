@@ -1,0 +1,445 @@
+"""The training loop shared by every recipe: one process, or many under ``torchrun`` (DDP, gloo on
+the CPU, NCCL on GPUs), resumable bit for bit from ``last.pt``.
+
+Order of work in a step: read the batch (augmented by the data set, or cached features), encode
+with the frozen encoder (skipped with cached features), per sample draw the prompt and run the
+decoder, the recipe's loss, backward (DDP averages the gradients over processes), Adam step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..checkpoints.files import save_atomically
+from ..devices import resolve_device
+from ..distributed import DistributedContext, barrier, broadcast_from_main, init_distributed, process_device, shutdown
+from ..errors import InvalidInputError
+from ..loading import load
+from ..modeling.sam import Sam
+from ..outputs import check_output_dir
+from ..registry import get_spec
+from .data import Augmentation, TrainingSet, collate_samples
+from .export import export_final
+from .feature_cache import FeatureCache, collate_cached
+from .recipes import Recipe, get_recipe
+from .step import TrainStep
+from .validation import open_validation_sets, validate
+
+LAST = "last.pt"
+METRICS = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+# Options that must match for --resume to continue the same run.
+RESUME_KEYS = ("recipe", "model", "seed", "batch_size", "accumulate", "lr", "lr_drop_epoch", "epochs", "trainable", "data", "world_size", "cached_views")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; the command line maps one to one onto it (see ``finesam train --help``)."""
+
+    recipe: str
+    model: str
+    out: Path
+    data: list[tuple[str, Path]]
+    init: Path | None = None
+    init_decoder: Path | None = None
+    random_weights: bool = False
+    val: list[tuple[str, Path]] = field(default_factory=list)
+    epochs: int | None = None
+    max_steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 42
+    save_every: int = 0
+    resume: bool = False
+    cache_features: Path | None = None
+    cached_views: int = 1
+    cache_dtype: str = "float16"
+    bf16: bool = False
+    accumulate: int = 1
+    lr_drop_epoch: int | None = None
+    val_every: int = 0
+    val_limit: int | None = None
+    trainable: tuple[str, ...] = ()
+    device: str = "auto"
+    workers: int | None = None
+    progress: bool = True
+
+    def resolved(self, recipe: Recipe, world_size: int) -> dict[str, Any]:
+        """The settings that define the run (recorded in ``last.pt`` and checked by ``--resume``)."""
+        return {
+            "recipe": recipe.name, "model": self.model, "seed": self.seed,
+            "batch_size": self.batch_size or recipe.batch_size, "accumulate": self.accumulate,
+            "lr": self.lr if self.lr is not None else recipe.lr,
+            "lr_drop_epoch": self.lr_drop_epoch or recipe.lr_drop_epochs,
+            "epochs": self.epochs if self.epochs is not None else recipe.epochs,
+            "trainable": list(self.trainable or recipe.trainable),
+            "data": [[name, str(path)] for name, path in self.data], "world_size": world_size,
+            "cached_views": self.cached_views if self.cache_features else 0,
+        }
+
+
+@dataclass
+class TrainResult:
+    """What a finished run wrote and measured."""
+
+    out: Path
+    steps: int
+    first_loss: float
+    last_loss: float
+    files: list[Path]
+    validation: dict[str, float] = field(default_factory=dict)
+
+
+def check_config(config: TrainConfig) -> Recipe:
+    """Every option checked before a model is built or a file is written."""
+    recipe = get_recipe(config.recipe)
+    get_spec(config.model)
+    if config.random_weights == (config.init is not None):
+        raise InvalidInputError("pass exactly one of --init FILE (the SAM/HQ/stage-1 weights to start from) and --random-weights")
+    for label, path in (("--init", config.init), ("--init-decoder", config.init_decoder)):
+        if path is not None and not Path(path).is_file():
+            raise InvalidInputError(f"{label} {str(path)!r} is not a file")
+    if not config.data:
+        raise InvalidInputError("no training data: pass --data NAME=PATH (repeatable)")
+    for name, value in (("--epochs", config.epochs), ("--max-steps", config.max_steps), ("--batch-size", config.batch_size),
+                        ("--accumulate", config.accumulate), ("--lr-drop-epoch", config.lr_drop_epoch), ("--cached-views", config.cached_views), ("--workers", config.workers)):
+        if value is not None and (not isinstance(value, int) or value < (0 if name == "--workers" else 1)):
+            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+    for name, value in (("--save-every", config.save_every), ("--val-every", config.val_every)):
+        if value < 0:
+            raise InvalidInputError(f"{name} must be >= 0 (0: at the end of each epoch), got {value}")
+    if config.lr is not None and not (math.isfinite(config.lr) and config.lr > 0):
+        raise InvalidInputError(f"--lr must be a positive finite number, got {config.lr}")
+    if config.cache_dtype not in ("float16", "bfloat16"):
+        raise InvalidInputError(f"--cache-dtype must be float16 or bfloat16, got {config.cache_dtype!r}")
+    out = Path(config.out)
+    check_output_dir(out)
+    if config.resume and not (out / LAST).is_file():
+        raise InvalidInputError(f"--resume: {str(out / LAST)!r} does not exist; start the run without --resume")
+    if not config.resume and (out / LAST).exists():
+        raise InvalidInputError(f"{str(out)!r} already holds a run ({LAST}); pass --resume to continue it or choose another --out")
+    return recipe
+
+
+def build_model(config: TrainConfig, recipe: Recipe, device: torch.device) -> Sam:
+    """The model with the recipe's parts trainable (everything else frozen, ``requires_grad=False``)."""
+    if config.random_weights:
+        model = load(config.model, random_weights=True, seed=config.seed, device=device)
+    else:  # a SAM file gives fresh decoder parts; an HQ / Pi / stage-1 file continues from its own
+        model = load(config.model, config.init, decoder_checkpoint=config.init_decoder, device=device,
+                     init_missing=new_decoder_parts(config.model))
+    recipe.check_model(config.model, model.capabilities, model.mask_decoder.new_parts)
+    set_trainable(model, config.trainable or recipe.trainable)
+    return model
+
+
+def new_decoder_parts(model_name: str) -> tuple[str, ...]:
+    """The decoder parts ``model_name`` adds over SAM (asked of a weightless meta-device build)."""
+    with torch.device("meta"):
+        return tuple(get_spec(model_name).build().mask_decoder.new_parts)
+
+
+def set_trainable(model: Sam, prefixes: Sequence[str]) -> list[str]:
+    """Freeze every parameter except those under ``prefixes`` (finesam or official key names) that
+    the model does not fix itself; returns the trainable names. Unknown prefixes are refused."""
+    official_to_ours = {official: ours for official, ours in model.official_key_prefixes}
+    names = [name for name, _ in model.named_parameters()]
+    resolved = []
+    for prefix in prefixes:
+        mapped = next((ours + prefix[len(official):] for official, ours in official_to_ours.items() if prefix.startswith(official)), prefix)
+        if not any(name.startswith(mapped) for name in names):
+            raise InvalidInputError(
+                f"--trainable {prefix!r} matches no parameter of this model; use a state-dict prefix such as "
+                f"'mask_decoder.' (the whole decoder) or an official key prefix of one HQ module"
+            )
+        resolved.append(mapped)
+    fixed = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}  # fixed by design (Pi's Laplacian)
+    trainable = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name not in fixed and any(name.startswith(p) for p in resolved))
+        if parameter.requires_grad:
+            trainable.append(name)
+    return trainable
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, epochs: int, drop_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The recipe's per-epoch schedule: StepLR (x gamma every ``drop_epoch``) or cosine over ``epochs``."""
+    if recipe.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, drop_epoch, recipe.lr_gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+
+
+def epoch_batches(dataset_size: int, context: DistributedContext, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """This rank's batches of data-set indices in ``epoch`` (shuffled by (seed, epoch); full batches only).
+
+    Step k of every rank together covers the same samples as step k of one process with
+    ``world_size`` times the batch size.
+    """
+    sampler = DistributedSampler(range(dataset_size), num_replicas=context.world_size, rank=context.rank,
+                                 shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    indices = list(sampler)
+    return [indices[i : i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
+
+
+def default_workers(batch_size: int) -> int:
+    """Official heuristic (1 for batch 1, 2 up to 4, 4 up to 8, else 8), bounded by the CPUs."""
+    wanted = 1 if batch_size <= 1 else 2 if batch_size <= 4 else 4 if batch_size <= 8 else 8
+    return min(wanted, max((os.cpu_count() or 1) - 1, 0))
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per step (rank 0 writes). On resume, lines past the
+    checkpoint's step are dropped, so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, keep_until_step: int, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        self.rows: list[dict] = []
+        if enabled and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill
+                    continue
+                if row.get("step", math.inf) <= keep_until_step:
+                    self.rows.append(row)
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = "".join(json.dumps(row) + "\n" for row in self.rows)
+            tmp = path.with_suffix(".jsonl.part")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+            self.handle = path.open("a")
+
+    def append(self, row: dict) -> None:
+        if self.enabled:
+            self.rows.append(row)
+            self.handle.write(json.dumps(row) + "\n")
+            self.handle.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.handle.close()
+
+
+def plot_losses(rows: list[dict], path: Path) -> Path:
+    """The loss curve (per step) and, when there was validation, a panel of mIoU / mBIoU, as a PNG (written atomically)."""
+    from ..evaluation.plot import Panel, Series, line_plot
+
+    steps = [row["step"] for row in rows if "loss" in row]
+    losses = [row["loss"] for row in rows if "loss" in row]
+    top = max(losses, default=1.0) * 1.05 or 1.0
+    panels = [Panel("training loss", [Series("loss (BCE + Dice)", steps, losses)])]
+    val = [(row["step"], row["val_miou"]) for row in rows if "val_miou" in row]
+    if val:
+        panels.append(Panel("validation", [Series("mIoU", *map(list, zip(*val))),
+                                           Series("mBIoU", [r["step"] for r in rows if "val_mbiou" in r],
+                                                  [r["val_mbiou"] for r in rows if "val_mbiou" in r])]))
+    xmax = max(steps, default=1)
+    return line_plot(path, panels, "step", "loss" if len(panels) == 1 else "value", (0, xmax), (0.0, max(top, 1.0) if val else top))
+
+
+def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) -> TrainResult:
+    """Run ``config`` to the end (or to ``max_steps``); see the module docstring.
+
+    ``on_step`` receives each step's metrics row (tests use it to stop a run).
+    """
+    recipe = check_config(config)
+    device = resolve_device(config.device)
+    context = init_distributed(device)
+    try:
+        return _train(config, recipe, process_device(device, context), context, on_step)
+    finally:
+        shutdown(context)
+
+
+def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: DistributedContext,
+           on_step: Callable[[dict], None] | None) -> TrainResult:
+    settings = config.resolved(recipe, context.world_size)
+    batch_size, epochs = settings["batch_size"], settings["epochs"]
+    out = Path(config.out)
+    augmentation = Augmentation(scale_range=recipe.scale_range, truncate_to_uint8=recipe.truncate_to_uint8)
+    dataset = TrainingSet(config.data, augmentation, seed=config.seed)  # data checked before the model loads
+    if len(dataset) < batch_size * context.world_size:
+        raise InvalidInputError(
+            f"{len(dataset)} training images cannot fill one step of {batch_size} x {context.world_size} processes; "
+            "lower --batch-size or add data"
+        )
+    if config.val:
+        open_validation_sets(config.val)
+    model = build_model(config, recipe, device)
+    cache = None
+    if config.cache_features:
+        cache = FeatureCache.prepare(Path(config.cache_features), model, dataset, config, settings, context,
+                                     dtype=getattr(torch, config.cache_dtype), progress=config.progress)
+    step_module = TrainStep(model, recipe, config.seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=settings["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    scheduler = make_scheduler(optimizer, recipe, epochs, settings["lr_drop_epoch"])
+    runner: torch.nn.Module = step_module
+    if context.enabled:
+        runner = torch.nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(config.trainable),
+        )
+    start_epoch, start_batch, global_step = 0, 0, 0
+    if config.resume:
+        start_epoch, start_batch, global_step = load_last(out / LAST, model, optimizer, scheduler, settings)
+    log = MetricsLog(out / METRICS, global_step, context.is_main)
+    steps_per_epoch = len(epoch_batches(len(dataset), context, batch_size, config.seed, 0)) // config.accumulate
+    total_steps = min(epochs * steps_per_epoch, config.max_steps or math.inf)
+    if steps_per_epoch == 0:
+        raise InvalidInputError(f"--accumulate {config.accumulate} exceeds the {len(dataset)} images' batches per epoch")
+    workers = default_workers(batch_size) if config.workers is None else config.workers
+    progress = _progress(total_steps, global_step, enabled=config.progress and context.is_main)
+    first_loss = log.rows[0]["loss"] if log.rows else None
+    last_loss = log.rows[-1]["loss"] if log.rows else None
+    validation: dict[str, float] = {}
+    done = global_step >= total_steps
+    epoch = start_epoch
+    while not done and epoch < epochs:
+        batches = epoch_batches(len(dataset), context, batch_size, config.seed, epoch)
+        batches = batches[: steps_per_epoch * config.accumulate]
+        skip = start_batch if epoch == start_epoch else 0
+        loader = _loader(dataset, cache, batches[skip:], epoch, workers)
+        micro = skip % config.accumulate
+        optimizer.zero_grad(set_to_none=True)
+        for batch_number, batch in enumerate(loader, start=skip):
+            sync = (micro + 1) % config.accumulate == 0
+            with _maybe_no_sync(runner, sync), torch.autocast(device.type, torch.bfloat16, enabled=config.bf16):
+                features = cache.features(batch, device) if cache else step_module.encode(batch["image"].to(device))
+                result = runner(features, batch["label"].to(device), [int(i) for i in batch["index"]], epoch)
+                (result["loss"] / config.accumulate).backward()
+            micro += 1
+            if not sync:
+                continue
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            micro = 0
+            global_step += 1
+            row = {"step": global_step, "epoch": epoch, "loss": _mean_over_ranks(result["loss"].detach(), context),
+                   "bce": _mean_over_ranks(result["bce"], context), "dice": _mean_over_ranks(result["dice"], context),
+                   "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
+            first_loss = row["loss"] if first_loss is None else first_loss
+            last_loss = row["loss"]
+            epoch_done = batch_number + 1 == len(batches)
+            if config.val and ((config.val_every and global_step % config.val_every == 0) or (not config.val_every and epoch_done)
+                               or global_step >= total_steps):
+                validation = validate(step_module, config.val, recipe, augmentation_size=augmentation.size,
+                                      limit=config.val_limit, device=device, context=context)
+                row.update({f"val_{k}": v for k, v in validation.items()})
+            log.append(row)
+            progress.update(1)
+            progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", epoch=epoch)
+            if on_step:
+                on_step(row)
+            finished = global_step >= total_steps
+            if epoch_done:
+                scheduler.step()
+            if (config.save_every and global_step % config.save_every == 0) or epoch_done or finished:
+                next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, batch_number + 1)
+                save_last(out / LAST, model, optimizer, scheduler, settings, next_epoch, next_batch, global_step, context)
+            if finished:
+                done = True
+                break
+        epoch += 1
+    progress.close()
+    log.close()
+    files: list[Path] = []
+    barrier(context)
+    if context.is_main:
+        files.append(plot_losses(log.rows, out / LOSS_PLOT))
+        files.extend(export_final(model, out, config.model))
+        files.append(out / LAST)
+    files = broadcast_from_main(files, context)
+    return TrainResult(out, global_step, float(first_loss or math.nan), float(last_loss or math.nan), files, validation)
+
+
+def _loader(dataset: TrainingSet, cache: "FeatureCache | None", batches: list[list[int]], epoch: int, workers: int) -> DataLoader:
+    if cache is not None:
+        return DataLoader(cache.epoch_view(epoch), batch_sampler=batches, num_workers=workers, collate_fn=collate_cached)
+    dataset.set_epoch(epoch)  # workers copy the data set, epoch included, when the loader starts
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate_samples)
+
+
+class _maybe_no_sync:
+    """DDP's ``no_sync`` on micro-batches that only accumulate gradients."""
+
+    def __init__(self, runner: torch.nn.Module, sync: bool) -> None:
+        self.context = runner.no_sync() if (not sync and hasattr(runner, "no_sync")) else None
+
+    def __enter__(self) -> None:
+        if self.context is not None:
+            self.context.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.context is not None:
+            self.context.__exit__(*exc)
+
+
+def _mean_over_ranks(value: torch.Tensor, context: DistributedContext) -> float:
+    if context.enabled:
+        value = value.detach().clone().float()
+        torch.distributed.all_reduce(value)
+        value /= context.world_size
+    return float(value)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
+
+
+def save_last(path: Path, model: Sam, optimizer: torch.optim.Optimizer, scheduler: Any, settings: dict,
+              epoch: int, batch: int, global_step: int, context: DistributedContext) -> None:
+    """``last.pt``: trainable weights, optimiser, scheduler, RNG state and the sampler position
+    (the next epoch and batch), written atomically by rank 0."""
+    if not context.is_main:
+        return
+    trainable = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    save_atomically({
+        "format": "finesam-train-v1",
+        "settings": settings,
+        "trainable": trainable,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "position": {"epoch": epoch, "batch": batch, "step": global_step},
+        "torch_rng": torch.get_rng_state(),
+    }, path)
+
+
+def load_last(path: Path, model: Sam, optimizer: torch.optim.Optimizer, scheduler: Any, settings: dict) -> tuple[int, int, int]:
+    """Restore ``last.pt``; returns (epoch, batch within the epoch, global step) to continue from."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a file that is not ours: say which and why
+        raise InvalidInputError(f"cannot read {str(path)!r} as a finesam training checkpoint: {error}") from None
+    if not isinstance(state, dict) or state.get("format") != "finesam-train-v1":
+        raise InvalidInputError(f"{str(path)!r} is not a finesam training checkpoint (last.pt)")
+    saved = state["settings"]
+    changed = [key for key in RESUME_KEYS if saved.get(key) != settings.get(key)]
+    if changed:
+        details = ", ".join(f"{key}: {saved.get(key)!r} -> {settings.get(key)!r}" for key in changed)
+        raise InvalidInputError(f"--resume with different settings ({details}); rerun with the original options")
+    parameters = dict(model.named_parameters())
+    for name, value in state["trainable"].items():
+        if name not in parameters or not parameters[name].requires_grad:
+            raise InvalidInputError(f"{str(path)!r} holds {name!r}, which is not trainable in this run")
+        with torch.no_grad():
+            parameters[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    position = state["position"]
+    return int(position["epoch"]), int(position["batch"]), int(position["step"])
+

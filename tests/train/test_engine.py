@@ -1,0 +1,217 @@
+"""The training loop: what learns and what stays frozen, exported files, DDP equivalence,
+exact resume after SIGKILL, cached features."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import finesam
+from finesam.checkpoints.files import read_state_dict
+from finesam.errors import InvalidInputError
+from finesam.train.engine import LAST, METRICS, TrainConfig, train
+from finesam.train.export import FINAL, FINAL_DECODER
+
+from parity import assert_outputs_close
+from .conftest import PYTHON, SMALL_ENCODER, subprocess_env
+
+RECIPE_MODELS = {"hq": "train_test_hq", "pi-stage1": "train_test_pi", "pi-stage2": "train_test_pi"}
+TRAINED_PART = {"hq": ("mask_decoder.hq.",), "pi-stage1": ("mask_decoder.hq.", "mask_decoder.high_res."),
+                "pi-stage2": ("mask_decoder.interactor.",)}
+
+
+def config(tmp_path, data, recipe="hq", model=None, **overrides) -> TrainConfig:
+    settings = dict(recipe=recipe, model=model or RECIPE_MODELS[recipe], out=tmp_path / "run", data=[("few", data)],
+                    random_weights=True, max_steps=2, batch_size=1, workers=0, progress=False, seed=7)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def hq_run(tmp_path_factory, small_models, few_images):
+    """Two steps of the hq recipe on the small HQ model."""
+    root = tmp_path_factory.mktemp("hq_run")
+    result = train(config(root, few_images, "hq"))
+    return result, root / "run"
+
+
+@pytest.fixture(scope="module")
+def pi_runs(tmp_path_factory, small_models, few_images):
+    """One step of pi-stage1, then one step of pi-stage2 started from stage 1's final.pth."""
+    root = tmp_path_factory.mktemp("pi_runs")
+    train(config(root, few_images, "pi-stage1", max_steps=1, out=root / "stage1"))
+    train(config(root, few_images, "pi-stage2", max_steps=1, out=root / "stage2", random_weights=False,
+                 init=root / "stage1" / FINAL))
+    return root / "stage1", root / "stage2"
+
+
+def changed_keys(before: dict, after: dict) -> set[str]:
+    assert before.keys() == after.keys()
+    return {key for key in before if not torch.equal(before[key], after[key])}
+
+
+def assert_only_part_changed(changed: set[str], parts: tuple[str, ...]) -> None:
+    frozen_changed = {key for key in changed if not key.startswith(parts)}
+    assert not frozen_changed, f"frozen tensors changed: {sorted(frozen_changed)[:5]}"
+    for part in parts:
+        assert any(key.startswith(part) for key in changed), f"nothing in {part} learned"
+
+
+def test_hq_recipe_trains_only_the_hq_parameters(hq_run):
+    result, out = hq_run
+    assert result.steps == 2 and np.isfinite(result.last_loss)
+    before = finesam.load("train_test_hq", random_weights=True, seed=7).state_dict()
+    after = finesam.load("train_test_hq", out / FINAL).state_dict()
+    assert_only_part_changed(changed_keys(before, after), TRAINED_PART["hq"])
+    rows = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2]
+    assert all({"step", "epoch", "loss", "lr"} <= row.keys() for row in rows)
+    assert (out / "loss.png").stat().st_size > 0
+
+
+def test_pi_stages_train_only_their_parameters(pi_runs):
+    stage1, stage2 = pi_runs
+    initial = finesam.load("train_test_pi", random_weights=True, seed=7).state_dict()
+    after1 = finesam.load("train_test_pi", stage1 / FINAL).state_dict()
+    after2 = finesam.load("train_test_pi", stage2 / FINAL).state_dict()
+    assert_only_part_changed(changed_keys(initial, after1), TRAINED_PART["pi-stage1"])
+    # stage 2 keeps all of stage 1 (rgb_embed included) and moves the interactor only; after one
+    # step that is its zero-initialised output convolution (the rest is behind it)
+    assert_only_part_changed(changed_keys(after1, after2), ("mask_decoder.interactor.out_cov.",))
+    for stage in (stage1, stage2):
+        decoder = torch.load(stage / FINAL_DECODER, weights_only=True)["model_state_dict"]
+        assert len(decoder) == 270 and not any(key.startswith(("mask_decoder.", "rgb_embed")) for key in decoder)
+
+
+def test_hq_export_loads_strictly_in_segment_anything_hq(hq_run, real_image):
+    sam_hq = pytest.importorskip("segment_anything_hq")
+    from segment_anything_hq.build_sam import _build_sam
+
+    _, out = hq_run
+    state = read_state_dict(out / FINAL)
+    official = _build_sam(SMALL_ENCODER["embed_dim"], SMALL_ENCODER["depth"], SMALL_ENCODER["num_heads"],
+                          list(SMALL_ENCODER["global_attn_indexes"]))
+    official.load_state_dict(state, strict=True)
+    official.eval()
+    ours = finesam.SamPredictor(finesam.load("train_test_hq", out / FINAL))
+    reference = sam_hq.SamPredictor(official)
+    ours.set_image(real_image)
+    reference.set_image(real_image)
+    height, width = real_image.shape[:2]
+    box = np.array([0.2 * width, 0.25 * height, 0.75 * width, 0.8 * height])
+    for hq_token_only in (False, True):
+        assert_outputs_close(
+            f"hq_token_only={hq_token_only}",
+            ours.predict(box=box, multimask_output=False, return_logits=True, hq_token_only=hq_token_only),
+            reference.predict(box=box, multimask_output=False, return_logits=True, hq_token_only=hq_token_only),
+        )
+
+
+def test_bad_options_are_refused_before_work(tmp_path, small_models, few_images):
+    with pytest.raises(InvalidInputError, match="exactly one of --init"):
+        train(config(tmp_path, few_images, random_weights=False))
+    with pytest.raises(InvalidInputError, match="does not have"):
+        train(config(tmp_path, few_images, "pi-stage1", model="train_test_hq"))
+    with pytest.raises(InvalidInputError, match="matches no parameter"):
+        train(config(tmp_path, few_images, trainable=("mask_decoder.nonexistent",)))
+    with pytest.raises(InvalidInputError, match="--resume"):
+        train(config(tmp_path, few_images, resume=True))
+    assert not (tmp_path / "run").exists()
+
+
+def test_wider_trainable_set(tmp_path, small_models, few_images):
+    """--trainable mask_decoder. (domain fine-tuning): SAM's decoder learns too, the encoder stays."""
+    train(config(tmp_path, few_images, trainable=("mask_decoder.",), max_steps=1))
+    before = finesam.load("train_test_hq", random_weights=True, seed=7).state_dict()
+    after = finesam.load("train_test_hq", tmp_path / "run" / FINAL).state_dict()
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert any(key.startswith("mask_decoder.sam.transformer.") for key in changed)
+    assert not any(key.startswith(("image_encoder.", "prompt_encoder.")) for key in changed)
+
+
+def _cli(runner_script, *args: str) -> list[str]:
+    return [PYTHON, str(runner_script), "train", "--recipe", "hq", "--model", "train_test_hq", "--random-weights",
+            "--workers", "0", "--quiet", "--seed", "3", *args]
+
+
+def _trainable(path) -> dict:
+    return torch.load(path, weights_only=True)["trainable"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, small_models, few_images, runner_script):
+    """DDP with gloo (2 x batch 1) and gradient accumulation (2 x batch 1) both equal batch 2."""
+    common = ["--data", f"few={few_images}", "--max-steps", "5", "--cache-features", str(tmp_path / "cache")]
+
+    def run(command: list[str]) -> None:
+        done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run(_cli(runner_script, *common, "--batch-size", "2", "--out", str(tmp_path / "one")))
+    torchrun = [PYTHON, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                "--master-port", str(free_port()), str(runner_script)]
+    run(torchrun + _cli(runner_script, *common, "--batch-size", "1", "--out", str(tmp_path / "two"))[2:])
+    run(_cli(runner_script, *common, "--batch-size", "1", "--accumulate", "2", "--out", str(tmp_path / "accumulated")))
+    one = _trainable(tmp_path / "one" / LAST)
+    initial = finesam.load("train_test_hq", random_weights=True, seed=3).state_dict()
+    assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 1e-4  # five steps did move the weights
+    for other in ("two", "accumulated"):
+        weights = _trainable(tmp_path / other / LAST)
+        assert weights.keys() == one.keys()
+        worst = max(float((one[k] - weights[k]).abs().max()) for k in one)
+        assert worst <= 1e-5, (other, worst)
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, small_models, few_images, runner_script):
+    common = ["--data", f"few={few_images}", "--max-steps", "6", "--batch-size", "1", "--save-every", "1",
+              "--cache-features", str(tmp_path / "cache")]
+    whole = subprocess.run(_cli(runner_script, *common, "--out", str(tmp_path / "whole")), env=subprocess_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(_cli(runner_script, *common, "--out", str(killed_dir)), env=subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        log = killed_dir / METRICS
+        if log.exists() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    steps_at_kill = len((killed_dir / METRICS).read_text().splitlines())
+    assert 3 <= steps_at_kill < 6
+    resumed = subprocess.run(_cli(runner_script, *common, "--out", str(killed_dir), "--resume"), env=subprocess_env(),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected, got = _trainable(tmp_path / "whole" / LAST), _trainable(killed_dir / LAST)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    rows = [json.loads(line) for line in (killed_dir / METRICS).read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
+    whole_rows = [json.loads(line) for line in (tmp_path / "whole" / METRICS).read_text().splitlines()]
+    assert [row["loss"] for row in rows] == [row["loss"] for row in whole_rows]
+
+
+def test_cached_features_match_the_encoder(tmp_path, hq_run, few_images):
+    """The first step on cached (float16) features gives nearly the loss of the same step on fresh ones."""
+    fresh, _ = hq_run
+    cached = train(config(tmp_path, few_images, max_steps=1, cache_features=tmp_path / "cache"))
+    assert abs(fresh.first_loss - cached.first_loss) < 1e-2 * fresh.first_loss
+    manifest = next((tmp_path / "cache").glob("*/manifest.json"))
+    errors = json.loads(manifest.read_text())["storage_error"]
+    assert 0 < errors["embedding"] < 1e-2 and errors["label"] < 1e-3
