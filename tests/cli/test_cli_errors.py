@@ -49,12 +49,12 @@ def assert_one_line_refusal(code, err, fragment):
     assert fragment in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("out, fragment", [
-    ("mask", "no extension"),
-    ("mask.xyz", "unknown extension"),
+@pytest.mark.parametrize("out, fragment", [  # a mask file, or (no image suffix) a folder
+    ("mask.gif", "unknown extension"),
     ("mask.jpg", "lossy"),
-    ("{tmp}", "folder"),
+    ("{tmp}/m.webp", "lossy"),
     ("{tmp}/in.png/mask.png", "is a file"),
+    ("{tmp}/in.png/results", "is a file"),
 ])
 def test_bad_out_paths_are_refused_before_the_model_loads(image_file, tmp_path, capsys, no_model_load, out, fragment):
     out = out.format(tmp=tmp_path)

@@ -26,6 +26,7 @@ from finesam.evaluation import (
     mask_box,
     score,
 )
+from finesam.evaluation.prompts import original_to_squashed
 from finesam.metrics import METRIC_KEYS, iou
 from finesam.modeling import PiMaskDecoder
 
@@ -66,12 +67,21 @@ def official_box_logits(predictor, sample, **hq):
     return logits[0, 0].numpy(), box, low_res
 
 
+def prompt_box(prompt: str, squashed_from=None) -> np.ndarray:
+    """The box of a prompt text (original-image pixels), or in the 1024 frame with ``squashed_from`` = (H, W)."""
+    text = prompt.split("box_xyxy=")[1].split(" ")[0]
+    box = np.array([float(v) for v in text.split(",")])
+    return box if squashed_from is None else original_to_squashed(box.reshape(2, 2), squashed_from).ravel()
+
+
 def test_box_protocol_is_the_official_hq_sam_recipe(mobile, ecssd_sample):
     (outcome,) = BoxProtocol().run(mobile, ecssd_sample)
     logits, box, _ = official_box_logits(mobile, ecssd_sample)
     assert outcome.variant == "box" and outcome.mask.shape == ecssd_sample.gt.shape
     np.testing.assert_array_equal(outcome.mask, logits > 0)
-    assert outcome.prompt == "box=" + ",".join(f"{v:.1f}" for v in box)
+    # the prompt text is in original-image pixels: the squashed box mapped back (pixel centres aligned)
+    np.testing.assert_allclose(prompt_box(outcome.prompt, ecssd_sample.gt.shape), box, atol=2e-3)
+    assert np.abs(prompt_box(outcome.prompt) - mask_box(ecssd_sample.gt > 128)).max() <= 1.0
     record = score(outcome, ecssd_sample, "ECSSD")
     assert set(METRIC_KEYS) <= set(record.values) and record.curves.shape == (2, 256)
     assert record.values["iou"] == pytest.approx(iou(outcome.mask, ecssd_sample.gt))
@@ -80,7 +90,7 @@ def test_box_protocol_is_the_official_hq_sam_recipe(mobile, ecssd_sample):
 def test_box_aspect_prompts_the_original_image(mobile, grabcut_sample):
     (outcome,) = make_protocol("box-aspect").run(mobile, grabcut_sample)
     box = mask_box(grabcut_sample.gt > 128)
-    assert outcome.prompt == "box=" + ",".join(f"{v:.1f}" for v in box)
+    assert outcome.prompt == "box_xyxy=" + ",".join(f"{v:g}" for v in box)
     assert outcome.mask.shape == grabcut_sample.gt.shape
     mobile.set_image(grabcut_sample.image)
     masks, _, _ = mobile.predict(box=box, multimask_output=False)
@@ -96,6 +106,15 @@ def test_hq_models_are_scored_on_the_hq_logits(ecssd_sample):
     both, _, _ = official_box_logits(hq, ecssd_sample, hq_token_only=False)
     np.testing.assert_array_equal(summed.mask, both > 0)
     assert not np.array_equal(hq_only > 0, both > 0)
+    assert BoxProtocol(hq_output="sum").config(hq) == {"protocol": "box", "hq_output": "sum"}  # it applies here
+
+
+def test_config_records_only_what_applies(mobile):
+    """A run's identity (summary.json, resume check) leaves out options the model or protocol ignores."""
+    assert BoxProtocol(hq_output="sum", seed=5).config(mobile) == {"protocol": "box"}
+    assert NoisyBoxProtocol(seed=3).config(mobile) == {"protocol": "noisy-box", "seed": 3, "scales": [0.2, 0.4]}
+    assert ClicksProtocol(max_clicks=4).config(mobile) == {"protocol": "clicks", "max_clicks": 4}
+    assert "hq_output" in BoxProtocol().config()  # no model given: everything
 
 
 def test_noisy_box_jitters_within_the_dn_detr_bounds(mobile, ecssd_sample):
@@ -104,11 +123,11 @@ def test_noisy_box_jitters_within_the_dn_detr_bounds(mobile, ecssd_sample):
     assert [(o.variant, o.trial) for o in outcomes] == protocol.variants() == [("noise0.2", 0), ("noise0.4", 0)]
     _, clean, _ = official_box_logits(mobile, ecssd_sample)
     for outcome, scale in zip(outcomes, (0.2, 0.4)):
-        noisy = np.array([float(v) for v in outcome.prompt.removeprefix("box=").split(",")])
+        noisy = prompt_box(outcome.prompt, ecssd_sample.gt.shape)
         size, noisy_size = clean[2:] - clean[:2], noisy[2:] - noisy[:2]
         centre_shift = np.abs((noisy[:2] + noisy[2:]) / 2 - (clean[:2] + clean[2:]) / 2)
         assert not np.allclose(noisy, clean, atol=0.05)
-        assert (noisy >= 0).all() and (noisy <= 1024).all()
+        assert (noisy >= -0.01).all() and (noisy <= 1024.01).all()
         assert (centre_shift <= scale * size / 2 + 0.1).all() and (noisy_size <= (1 + scale) * size + 0.1).all()
         assert outcome.mask.shape == ecssd_sample.gt.shape
     again = NoisyBoxProtocol(seed=3).run(mobile, ecssd_sample)
@@ -117,7 +136,7 @@ def test_noisy_box_jitters_within_the_dn_detr_bounds(mobile, ecssd_sample):
 
 
 def _points(prompt: str) -> tuple[np.ndarray, np.ndarray]:
-    values = np.array([[float(v) for v in p.split(",")] for p in prompt.split(";")])
+    values = np.array([[float(v) for v in p.split(",")] for p in prompt.removeprefix("points_xy_label=").split(";")])
     return values[:, :2], values[:, 2].astype(int)
 
 
@@ -165,6 +184,10 @@ def test_clicks_follow_the_robot_user_and_skip_the_ignore_band(mobile, grabcut_s
     values = score(outcome, sample, "GrabCut").values
     assert values["noc85"] == next((k for k, v in enumerate(outcome.ious, 1) if v >= 0.85), 20)
     assert values["iou_20"] == outcome.ious[-1]
+    # every measure of the mask after the final click
+    assert outcome.mask.shape == sample.gt.shape and set(METRIC_KEYS) <= set(values)
+    assert values["iou"] == pytest.approx(outcome.ious[-1], abs=1e-12)
+    assert outcome.prompt == "clicks_xy_label=" + ";".join(f"{c.x},{c.y},{int(c.positive)}" for c in outcome.clicks)
 
 
 def test_pi_clicks_with_mask_feedback_for_sam(mobile, grabcut_sample):
@@ -178,14 +201,15 @@ def test_pi_clicks_with_mask_feedback_for_sam(mobile, grabcut_sample):
     first, fg, valid = box_outcome.mask, sample.gt > 128, ~sample.ignore
     by_variant = {o.variant: o for o in outcomes}
     for kind in ("fg", "bg", "all"):
-        clicks = [by_variant[f"{kind}{n}"].prompt.split("clicks=")[1] for n in (1, 2, 5)]
+        clicks = [by_variant[f"{kind}{n}"].prompt.split("clicks_xy_label=")[1] for n in (1, 2, 5)]
         assert clicks[2].startswith(clicks[1]) and clicks[1].startswith(clicks[0])  # nested
         for x, y, positive in (map(int, c.split(",")) for c in clicks[2].split(";") if c):
             assert valid[y, x] and (fg[y, x] and not first[y, x] if positive else first[y, x] and not fg[y, x])
             assert kind == "all" or positive == (kind == "fg")
     # replay "all1": box + click + the box mask's low-res logits
     _, box, low_res = official_box_logits(mobile, sample)
-    x, y, positive = map(int, by_variant["all1"].prompt.split("clicks=")[1].split(","))
+    np.testing.assert_allclose(prompt_box(by_variant["all1"].prompt, sample.gt.shape), box, atol=2e-3)
+    x, y, positive = map(int, by_variant["all1"].prompt.split("clicks_xy_label=")[1].split(","))
     coords = PiClicksProtocol.to_squashed([Click(x, y, bool(positive))], sample.gt.shape)
     _, _, low = mobile.predict(coords, np.array([positive]), box=box, mask_input=low_res, multimask_output=False)
     logits = F.interpolate(torch.from_numpy(low[None]), sample.gt.shape, mode="bilinear", align_corners=False)[0, 0]
@@ -225,14 +249,14 @@ def _resized(logits, size):
 
 
 def _clicks(prompt: str) -> list[tuple[int, int, int]]:
-    text = prompt.split("clicks=")[1]
+    text = prompt.split("clicks_xy_label=")[1]
     return [tuple(map(int, c.split(","))) for c in text.split(";")] if text else []
 
 
 def test_pi_branch_routes_boxes_and_clicks(ecssd_sample):
     pi = StubPiPredictor(seeded_model("mobile_sam"))
     outcomes = PiClicksProtocol().run(pi, ecssd_sample)
-    masks, _, _ = pi.predict(box=np.array([float(v) for v in outcomes[0].prompt[4:].split(",")]), return_logits=True)
+    masks, _, _ = pi.predict(box=prompt_box(outcomes[0].prompt, ecssd_sample.gt.shape), return_logits=True)
     assert masks.shape == (1, 1024, 1024)  # the squashed image's size: resized straight to the GT size
     np.testing.assert_array_equal(outcomes[0].mask, _resized(masks[0], ecssd_sample.gt.shape) > 0)
     with_clicks = [o for o in outcomes[1:] if _clicks(o.prompt)]

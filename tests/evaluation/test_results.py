@@ -55,11 +55,23 @@ def test_noc_and_click_summary():
     assert number_of_clicks_to([0.5, 0.86, 0.95], 0.90) == 3
     assert number_of_clicks_to([0.5, 0.6, 0.7], 0.85) == 3  # never reached: the maximum
     sample, _ = synthetic(0)
-    rows = [score(ClickOutcome("clicks", 0, ious), sample, "set").values
-            for ious in ([0.5, 0.86, 0.95], [0.9, 0.91, 0.92], [0.1, 0.2, 0.3])]
-    summary = summarize_clicks(rows, 3)
-    assert summary["metrics"] == {"noc85": 2.0, "noc90": pytest.approx(7 / 3), "nof85": 1, "nof90": 1}
+    finals = [synthetic(seed)[1] for seed in (3, 4, 5)]  # the masks after the last click
+    records = [score(ClickOutcome("clicks", 0, ious, mask=final), sample, "set")
+               for ious, final in zip(([0.5, 0.86, 0.95], [0.9, 0.91, 0.92], [0.1, 0.2, 0.3]), finals)]
+    summary = summarize_clicks([r.values for r in records], [r.curves for r in records], 3)
+    clicks_only = {k: summary["metrics"][k] for k in ("noc85", "noc90", "nof85", "nof90")}
+    assert clicks_only == {"noc85": 2.0, "noc90": pytest.approx(7 / 3), "nof85": 1, "nof90": 1}
     assert summary["miou_per_click"] == pytest.approx([0.5, 1.97 / 3, 2.17 / 3])
+    # every measure at the final click, as MaskMetrics over the final masks
+    metrics = MaskMetrics()
+    for final in finals:
+        metrics.update(final, sample.gt)
+    expected = metrics.compute()
+    for key in METRIC_KEYS:
+        assert summary["metrics"][key] == pytest.approx(expected[key], rel=1e-12, abs=1e-15), key
+    assert set(summary["biou_recall"]) == {f"{t:.2f}" for t in BIOU_THRESHOLDS}
+    with pytest.raises(ValueError, match="no mask to score"):
+        score(ClickOutcome("clicks", 0, [0.5]), sample, "set")
 
 
 def test_store_keeps_complete_images_only(tmp_path):
@@ -82,7 +94,8 @@ def test_store_keeps_complete_images_only(tmp_path):
     again.close()
     with open(tmp_path / "per_image.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["name"] for r in rows] == ["img0", "img0", "img1", "img1"] and rows[0]["prompt"] == 'box=1,2,3,4 "q"'
+    assert [r["name"] for r in rows] == ["img0", "img0", "img1", "img1"]
+    assert rows[0]["prompt_original_px"] == 'box=1,2,3,4 "q"'
     assert float(rows[0]["iou"]) == again.rows[0]["iou"]  # exact round trip
 
     del again.curves["set\timg1\tnoise0.4\t0"]  # curves lost with a crash before their flush
@@ -106,4 +119,13 @@ def test_markdown_and_plots(tmp_path):
     assert "| **mean** |" in text and "RANDOM WEIGHTS" in text and "A/x (empty ground truth)" in text
     assert text.count(" - |") >= 3  # HCE skipped
     (path,) = write_plots(summary, tmp_path)
-    assert path.name == "recall_biou.png" and Image.open(path).size == (1040, 400)
+    assert path.name == "recall_biou.png"
+    # the random-weights warning: a red banner over the two panels, and the PNG's Warning text
+    warned = Image.open(path)
+    assert warned.size == (1040, 422) and "RANDOM WEIGHTS" in warned.text["Warning"]
+    banner = np.asarray(warned.convert("RGB"))[:22].astype(int)
+    assert ((banner[..., 0] > 150) & (banner[..., 1] < 60) & (banner[..., 2] < 60)).sum() > 100  # red text
+    summary["run"]["random_weights"] = False
+    (plain,) = write_plots(summary, tmp_path)
+    assert Image.open(plain).size == (1040, 400) and "Warning" not in Image.open(plain).text
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically

@@ -1,9 +1,12 @@
-"""Generated ``finesam segment`` command lines: exit 0 with a mask of the image's size, or exit 2
-with one line on stderr and no traceback."""
+"""Generated ``finesam segment`` command lines: exit 0 with masks of the image's size (one mask
+file, or a folder of them), exit 1 (a folder run whose image failed: reported in a summary), or
+exit 2 with one line on stderr, nothing written and no traceback."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,7 +74,7 @@ def plausible_command_line(draw, root):
             "image": [str(root / draw(st.sampled_from(["missing.png", "notes.png", "empty.jpg", "folder"])))],
             "model": ["--model", draw(st.sampled_from(["sam_vit_x", "mobile_sam"]))],  # unknown, or no weights
             "prompt": ["--box", *draw(st.lists(NUMBER_TOKENS, min_size=4, max_size=4))],
-            "out": ["--out", str(root / draw(st.sampled_from(["out/m.jpg", "out/m", "folder", "notes.png/m.png"])))],
+            "out": ["--out", str(root / draw(st.sampled_from(["out/m.jpg", "out/m.gif", "notes.png/m.png", "notes.png/m"])))],
             "options": ["--device", draw(st.sampled_from(["tpu9", "cuda:3", "meta"]))],
         }[wrong]
     return ["segment", *parts["image"], *parts["model"], *parts["prompt"], *parts["out"], *parts["options"]]
@@ -113,6 +116,8 @@ def command_lines(root):
 def test_segment_command_lines(files, fast_models, capsys, count_case, data):
     count_case("cli")
     shutil.rmtree(files / "out", ignore_errors=True)
+    shutil.rmtree(files / "folder", ignore_errors=True)  # also an output folder: no state between examples
+    (files / "folder").mkdir()
     args = data.draw(command_lines(files), "argv")
     try:
         code = cli.main(args)
@@ -120,12 +125,19 @@ def test_segment_command_lines(files, fast_models, capsys, count_case, data):
         code = exit_info.code
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
+    out = Path(args[args.index("--out") + 1])
     if code == 0:
         count_case("cli, accepted")
-        out = args[args.index("--out") + 1]
-        with Image.open(out) as mask:
-            assert mask.size == IMAGE_SIZE
-            assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        masks = sorted((out / "masks").rglob("*.png")) if out.is_dir() else [out]
+        assert masks, (args, captured.err)
+        for path in masks:
+            with Image.open(path) as mask:
+                assert mask.size == IMAGE_SIZE
+                assert set(np.unique(np.asarray(mask))) <= {0, 255}
+    elif code == 1:  # a folder run: the image was reported and skipped, a summary says so
+        count_case("cli, reported failures")
+        assert out.is_dir() and "failed" in captured.err, (args, captured.err)
+        assert json.loads((out / "summary.json").read_text())["exit_code"] == 1
     else:
         assert code == 2, (args, captured.err)
         lines = [line for line in captured.err.splitlines() if line.strip() and not line.startswith("WARNING: RANDOM WEIGHTS")]

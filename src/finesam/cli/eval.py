@@ -2,10 +2,13 @@
 
     finesam eval --model hq_vit_b --checkpoint sam_hq_vit_b.pth \\
         --data DIS-VD=/data/DIS5K/DIS-VD COIFT=/data/thin_object_detection/COIFT \\
-        --protocol box --out runs/hq_b_box [--limit N] [--no-hce]
+        --protocol box --out runs/hq_b_box [--limit N] [--no-hce] [--save-masks]
 
 Rerunning the same command after an interruption resumes: images already in
 ``OUT/per_image.csv`` are skipped and the summary is recomputed from the stored rows.
+Under ``torchrun --nproc-per-node N -m finesam eval ...`` the images are split over the N
+processes and rank 0 writes the merged outputs (equal to a one-process run). Every setting is
+checked on every rank before the processes connect, so a refusal stops them all alike.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import warnings
 
 from ..data import DatasetError, open_dataset
 from ..devices import DEVICE_CHOICES, resolve_device
-from ..errors import InvalidInputError
-from ..evaluation.protocols import PROTOCOLS, make_protocol
-from ..evaluation.runner import evaluate
+from ..distributed import init_distributed, launched_by_torchrun, process_device, shutdown
+from ..errors import FinesamError, InvalidInputError
+from ..evaluation.protocols import PROTOCOLS, has_output_modes, make_protocol
+from ..evaluation.report import RANDOM_WEIGHTS_WARNING
+from ..evaluation.runner import MASKS_FOLDER, evaluate
 from ..loading import load
 from ..modeling.decoder_api import HQ_OUTPUTS
 from ..optional import require
@@ -27,15 +32,15 @@ from ..outputs import check_output_dir
 from ..predict.predictor import SamPredictor
 from ..registry import get_spec, model_names
 
-RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: these numbers are meaningless (pipeline check only)"
-
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``eval`` sub-command to an ``argparse`` sub-parsers object."""
     parser = subparsers.add_parser(
         "eval", help="evaluate a model on data sets with a paper protocol",
-        description="Evaluate a model with one protocol on image/mask data sets. Writes per_image.csv, curves.npz, "
-                    "summary.json, table.md and PNG plots into --out; rerun the same command to resume.",
+        description="Evaluate a model with one protocol on image/mask data sets. Writes per_image.csv (prompts in "
+                    "original-image pixels, boxes x0,y0,x1,y1), curves.npz, summary.json, table.md and PNG plots into "
+                    "--out; rerun the same command to resume. Under torchrun --nproc-per-node N the images are split "
+                    "over the processes and rank 0 writes the merged outputs.",
     )
     parser.add_argument("--model", required=True, metavar="NAME", help=f"model name: {', '.join(model_names())}, or one added with finesam.register_model")
     parser.add_argument("--checkpoint", help="weights file (default: $FINESAM_CHECKPOINTS or ~/.cache/finesam, else download)")
@@ -49,78 +54,110 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="first N images (by name) of each data set")
     parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto: CUDA, then MPS, then the CPU)")
     parser.add_argument("--no-hce", action="store_true", help="skip the human correction effort (slow on large masks)")
-    parser.add_argument("--hq-output", default="hq_only", choices=HQ_OUTPUTS,
-                        help="HQ models: which logits (default hq_only, as HQ-SAM's evaluation)")
+    parser.add_argument("--hq-output", choices=HQ_OUTPUTS,
+                        help="HQ models only: which logits (default hq_only, as HQ-SAM's evaluation)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts (noisy-box, points, pi-clicks)")
     parser.add_argument("--max-clicks", type=int, default=20, help="clicks protocol: clicks per image (default 20)")
+    parser.add_argument("--save-masks", action="store_true",
+                        help=f"also write each predicted mask (clicks: after the last click) as a lossless 0/255 PNG: "
+                             f"OUT/{MASKS_FOLDER}/DATASET/VARIANT/IMAGE.png")
     parser.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
-def _load_model(args: argparse.Namespace):
-    options = {"device": args.device}
+def _load_model(args: argparse.Namespace, device: str):
+    options = {"device": device}
     if args.decoder_checkpoint:  # Pi-SAM's second file; passed only when given
         options["decoder_checkpoint"] = args.decoder_checkpoint
-    if args.random_weights:
-        if args.checkpoint:
-            raise InvalidInputError("--random-weights and --checkpoint exclude each other")
-        print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
+    if args.random_weights and args.checkpoint:
+        raise InvalidInputError("--random-weights and --checkpoint exclude each other")
     return load(args.model, args.checkpoint, random_weights=args.random_weights, **options)
 
 
 def _protocol_options(args: argparse.Namespace) -> dict:
-    options = {"hq_output": args.hq_output, "seed": args.seed}
+    options = {"hq_output": args.hq_output or "hq_only", "seed": args.seed}
     if args.protocol == "clicks":
         options["max_clicks"] = args.max_clicks
     return options
 
 
-def _open_datasets(specs) -> list:
+def _open_datasets(specs) -> tuple[list, list[str]]:
+    """The data sets, and the warnings about them (printed by rank 0 only)."""
     datasets = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for spec in specs:
             datasets.append(open_dataset(spec))
-    for warning in caught:
-        print(f"finesam eval: warning: {warning.message}", file=sys.stderr)
     names = [d.name for d in datasets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise DatasetError(f"data set name(s) {', '.join(duplicates)} given twice; give each --data a distinct NAME=")
-    return datasets
+    return datasets, [str(w.message) for w in caught]
+
+
+def _print_warnings(messages) -> None:
+    for message in messages:
+        print(f"finesam eval: warning: {message}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``finesam eval``; returns the exit code (0 ok, 2 bad input, 130 interrupted). Settings,
-    the output folder, the data sets and the model are checked before anything is written."""
+    """Run ``finesam eval``; returns the exit code (0 ok, 2 bad input, 130 interrupted).
+
+    Settings, the output folder, the data sets and the model are checked before anything is
+    written, and before the processes of a torchrun run connect (every rank checks the same)."""
     started = time.perf_counter()
     if args.limit is not None and args.limit < 1:
         raise InvalidInputError(f"--limit must be >= 1, got {args.limit}")
     check_output_dir(args.out)
-    resolve_device(args.device)
+    device = resolve_device(args.device)
     get_spec(args.model)
     if not args.no_hce:
         require("skimage.morphology", "finesam eval's human correction effort (HCE; skip it with --no-hce)")
     protocol = make_protocol(args.protocol, **_protocol_options(args))
-    datasets = _open_datasets(args.data)
-    model = _load_model(args)
+    datasets, dataset_warnings = _open_datasets(args.data)
+    # under torchrun each rank moves the model to its own device once the process group exists
+    model = _load_model(args, "cpu" if launched_by_torchrun() else device)
     predictor = SamPredictor(model)
     protocol.check(predictor)
+    if args.hq_output is not None and not has_output_modes(predictor):
+        raise InvalidInputError(f"--hq-output applies to HQ-SAM models; {args.model} has no HQ output: drop the option")
     run_info = {"model": args.model, "checkpoint": args.checkpoint, "decoder_checkpoint": args.decoder_checkpoint,
                 "random_weights": bool(args.random_weights)}
+    context = init_distributed(device)
     try:
-        summary = evaluate(predictor, datasets, protocol, args.out, limit=args.limit, hce=not args.no_hce,
-                           run_info=run_info, overwrite=args.overwrite, progress=not args.quiet)
+        model.to(process_device(device, context))
+        if context.is_main:
+            _print_warnings(dataset_warnings)
+            if args.random_weights:
+                print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            summary = evaluate(predictor, datasets, protocol, args.out, limit=args.limit, hce=not args.no_hce,
+                               run_info=run_info, overwrite=args.overwrite, progress=not args.quiet,
+                               save_masks=args.save_masks, context=context)
+        if context.is_main:
+            _print_warnings(w.message for w in caught)
     except KeyboardInterrupt:
-        print(f"\nfinesam eval: interrupted; rerun the same command to resume from {args.out}/per_image.csv",
-              file=sys.stderr)
+        if context.is_main:
+            print(f"\nfinesam eval: interrupted; rerun the same command to resume from {args.out}/per_image.csv",
+                  file=sys.stderr)
         return 130
+    except FinesamError:
+        if context.is_main:
+            raise
+        return 2  # rank 0 prints the one line
+    finally:
+        shutdown(context)
+    if not context.is_main:
+        return 0
     with open(f"{args.out}/table.md", encoding="utf-8") as table:
         print(table.read())
     images = sum(d["images"] for d in summary["datasets"].values())
-    print(f"wrote {args.out}/: per_image.csv, summary.json, table.md and plots ({images} images, "
-          f"{len(summary['skipped'])} skipped, {time.perf_counter() - started:.1f} s)")
+    masks = f", {MASKS_FOLDER}/" if args.save_masks else ""
+    processes = f", {context.world_size} processes" if context.enabled else ""
+    print(f"wrote {args.out}/: per_image.csv, summary.json, table.md, plots{masks} ({images} images, "
+          f"{len(summary['skipped'])} skipped{processes}, {time.perf_counter() - started:.1f} s)")
     if args.random_weights:
         print(f"WARNING: {RANDOM_WEIGHTS_WARNING}")
     return 0

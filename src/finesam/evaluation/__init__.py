@@ -38,7 +38,7 @@ from .protocols import (
     make_protocol,
 )
 from .results import ResultStore, number_of_clicks_to, score, summarize
-from .runner import RunMismatchError, evaluate
+from .runner import RankFailedError, RunMismatchError, evaluate, mask_file
 
 __all__ = [
     "PROTOCOLS",
@@ -52,6 +52,7 @@ __all__ = [
     "PointsProtocol",
     "Protocol",
     "ResultStore",
+    "RankFailedError",
     "RunMismatchError",
     "SkipSample",
     "dn_box_noise",
@@ -61,6 +62,7 @@ __all__ = [
     "has_output_modes",
     "make_protocol",
     "mask_box",
+    "mask_file",
     "next_click",
     "number_of_clicks_to",
     "random_points",

@@ -1,4 +1,5 @@
-"""Line plots drawn with Pillow (no matplotlib dependency): panels side by side, one legend each."""
+"""Line plots drawn with Pillow (no matplotlib dependency): panels side by side, one legend each,
+and an optional warning banner above them (also stored as the PNG's ``Warning`` text)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from pathlib import Path
 from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
+
+from ..data.images import _write_atomically
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 PANEL_SIZE = (520, 400)
 MARGIN = dict(left=62, right=18, top=34, bottom=52)
+BANNER_HEIGHT = 22
+WARNING_COLOUR = (200, 0, 0)
 
 
 @dataclass
@@ -76,16 +82,24 @@ def draw_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], panel: Panel,
 
 def line_plot(path: str | os.PathLike, panels: Sequence[Panel], xlabel: str, ylabel: str,
               xlim: tuple[float, float], ylim: tuple[float, float] = (0.0, 1.0),
-              xticks: Sequence[float] | None = None) -> Path:
-    """Write one PNG with the panels side by side; returns its path."""
+              xticks: Sequence[float] | None = None, warning: str | None = None) -> Path:
+    """Write one PNG with the panels side by side (atomically); returns its path.
+
+    warning: drawn in red on a banner above the panels (the image is ``BANNER_HEIGHT`` taller) and
+    stored as the PNG text ``Warning``, so that the plot cannot be shown without it."""
     panels = list(panels) or [Panel("(no data)")]
     width, height = PANEL_SIZE
-    image = Image.new("RGB", (width * len(panels), height), "white")
+    top = BANNER_HEIGHT if warning else 0
+    image = Image.new("RGB", (width * len(panels), height + top), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
+    info = PngInfo()
+    if warning:
+        draw.rectangle([0, 0, image.width - 1, top - 1], fill=(255, 235, 235))
+        draw.text((8, 5), warning, fill=WARNING_COLOUR, font=font)
+        info.add_text("Warning", warning)
     for index, panel in enumerate(panels):
-        draw_panel(draw, (index * width, 0), panel, xlabel, ylabel, xlim, ylim, font, xticks)
+        draw_panel(draw, (index * width, top), panel, xlabel, ylabel, xlim, ylim, font, xticks)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    _write_atomically(image, path, "PNG", "plot", pnginfo=info)
     return path

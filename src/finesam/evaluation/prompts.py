@@ -78,6 +78,28 @@ def resize_logits(logits, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(tensor, tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+def squashed_to_original(xy: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, 2) (x, y) pixels of the ``SQUASH_SIZE`` square -> the original image of ``size`` = (H, W).
+
+    Pixel centres stay aligned (the inverse of :func:`original_to_squashed`), so a box of
+    inclusive pixel indices maps to the pixels it covers in the original image.
+    """
+    height, width = size
+    xy = np.array(xy, dtype=np.float64).reshape(-1, 2)
+    xy[:, 0] = (xy[:, 0] + 0.5) * width / SQUASH_SIZE - 0.5
+    xy[:, 1] = (xy[:, 1] + 0.5) * height / SQUASH_SIZE - 0.5
+    return xy
+
+
+def original_to_squashed(xy: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, 2) (x, y) pixels of the original image of ``size`` = (H, W) -> the ``SQUASH_SIZE`` square."""
+    height, width = size
+    xy = np.array(xy, dtype=np.float64).reshape(-1, 2)
+    xy[:, 0] = (xy[:, 0] + 0.5) * SQUASH_SIZE / width - 0.5
+    xy[:, 1] = (xy[:, 1] + 0.5) * SQUASH_SIZE / height - 0.5
+    return xy
+
+
 def dn_box_noise(box: np.ndarray, scale: float, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     """DN-DETR box noise on an xyxy pixel box, clipped to the image of ``size`` = (H, W).
 

@@ -58,12 +58,18 @@ from .prompts import (
     interior_point,
     mask_box,
     next_click,
+    original_to_squashed,
     random_points,
     resize_logits,
     seeded_rng,
     squash_image,
     squash_mask,
+    squashed_to_original,
 )
+
+#: What ``MaskOutcome.prompt`` / ``ClickOutcome.prompt`` hold: every coordinate in pixels of the
+#: original image (x right, y down), whatever frame the model was prompted in.
+PROMPT_FRAME = "original-image pixels: box_xyxy=x0,y0,x1,y1; points/clicks x,y,label (1 object, 0 background)"
 
 
 class SkipSample(Exception):
@@ -72,7 +78,8 @@ class SkipSample(Exception):
 
 @dataclass
 class MaskOutcome:
-    """One predicted mask: (H, W) bool at the GT size, for ``variant`` / ``trial``."""
+    """One predicted mask: (H, W) bool at the GT size, for ``variant`` / ``trial``; ``prompt``: the
+    prompt in original-image pixels (see :data:`PROMPT_FRAME`)."""
 
     variant: str
     trial: int
@@ -82,16 +89,18 @@ class MaskOutcome:
 
 @dataclass
 class ClickOutcome:
-    """An interactive run: IoU after each click (``max_clicks`` values) and the clicks."""
+    """An interactive run: IoU after each click (``max_clicks`` values), the clicks (original-image
+    pixels) and ``mask``, the (H, W) bool prediction after the last click (None before any click)."""
 
     variant: str
     trial: int
     ious: list[float]
     clicks: list[Click] = field(default_factory=list)
+    mask: np.ndarray | None = None
 
     @property
     def prompt(self) -> str:
-        return ";".join(f"{c.x},{c.y},{int(c.positive)}" for c in self.clicks)
+        return _clicks_text(self.clicks)
 
 
 # --- model helpers -----------------------------------------------------------------------------
@@ -100,12 +109,25 @@ def has_output_modes(predictor: SamPredictor) -> bool:
     return bool(predictor.capabilities.output_modes)
 
 
-def _fmt(values) -> str:
-    return ",".join(f"{float(v):.1f}" for v in np.asarray(values).ravel())
+def _number(value) -> str:
+    return f"{float(value):.6g}"
+
+
+def _box_text(box: np.ndarray, squashed_from: tuple[int, int] | None = None) -> str:
+    """``box_xyxy=x0,y0,x1,y1`` in original-image pixels; ``squashed_from``: the (H, W) of the
+    original image when ``box`` is in the 1024x1024 squashed frame."""
+    box = np.asarray(box, dtype=np.float64).reshape(2, 2)
+    if squashed_from is not None:
+        box = squashed_to_original(box, squashed_from)
+    return "box_xyxy=" + ",".join(_number(v) for v in box.ravel())
 
 
 def _points_text(coords: np.ndarray, labels: np.ndarray) -> str:
-    return ";".join(f"{x:.1f},{y:.1f},{int(l)}" for (x, y), l in zip(coords, labels))
+    return "points_xy_label=" + ";".join(f"{_number(x)},{_number(y)},{int(l)}" for (x, y), l in zip(coords, labels))
+
+
+def _clicks_text(clicks) -> str:
+    return "clicks_xy_label=" + ";".join(f"{c.x},{c.y},{int(c.positive)}" for c in clicks)
 
 
 def _require_points(predictor: SamPredictor, protocol: str) -> None:
@@ -126,6 +148,7 @@ class Protocol(abc.ABC):
 
     name = ""
     kind = "mask"  # or "clicks"
+    draws_random = False  # True: ``seed`` changes the prompts (recorded with the run)
 
     def __init__(self, hq_output: str | None = "hq_only", seed: int = 0) -> None:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
@@ -139,9 +162,17 @@ class Protocol(abc.ABC):
     def variants(self) -> list[tuple[str, int]]:
         """The (variant, trial) rows this protocol writes per image."""
 
-    def config(self) -> dict:
-        """Settings that change the results (stored with a run, checked on resume)."""
-        return {"protocol": self.name, "hq_output": self.hq_output, "seed": self.seed}
+    def config(self, predictor: SamPredictor | None = None) -> dict:
+        """Settings that change the results (stored with a run, checked on resume).
+
+        With ``predictor``, only what applies to its model: ``hq_output`` when the decoder declares
+        output modes (HQ-SAM), ``seed`` when the protocol draws random prompts."""
+        config = {"protocol": self.name}
+        if predictor is None or has_output_modes(predictor):
+            config["hq_output"] = self.hq_output
+        if predictor is None or self.draws_random:
+            config["seed"] = self.seed
+        return config
 
     @abc.abstractmethod
     def run(self, predictor: SamPredictor, sample: Sample) -> list:
@@ -188,19 +219,20 @@ class BoxProtocol(Protocol):
         if self.squash:
             box = self._set_squashed(predictor, sample)
             logits, _ = self._squashed_box_logits(predictor, box, sample.gt.shape)
-            return [MaskOutcome("box", 0, logits > 0, f"box={_fmt(box)}")]
+            return [MaskOutcome("box", 0, logits > 0, _box_text(box, sample.gt.shape))]
         box = mask_box(sample.gt > 128)
         if box is None:
             raise SkipSample("empty ground truth")
         predictor.set_image(sample.image)
         masks, _, _ = predictor.predict(box=box, multimask_output=False, return_logits=True, **self._hq(predictor))
-        return [MaskOutcome("box", 0, masks[0] > 0, f"box={_fmt(box)}")]
+        return [MaskOutcome("box", 0, masks[0] > 0, _box_text(box))]
 
 
 class NoisyBoxProtocol(Protocol):
     """``box`` with DN-DETR box noise at each of ``scales`` (one seeded draw per image and scale)."""
 
     name = "noisy-box"
+    draws_random = True
 
     def __init__(self, scales: Sequence[float] = (0.2, 0.4), **kwargs) -> None:
         super().__init__(**kwargs)
@@ -209,8 +241,8 @@ class NoisyBoxProtocol(Protocol):
     def variants(self) -> list[tuple[str, int]]:
         return [(f"noise{s:g}", 0) for s in self.scales]
 
-    def config(self) -> dict:
-        return {**super().config(), "scales": list(self.scales)}
+    def config(self, predictor: SamPredictor | None = None) -> dict:
+        return {**super().config(predictor), "scales": list(self.scales)}
 
     def run(self, predictor: SamPredictor, sample: Sample) -> list[MaskOutcome]:
         box = self._set_squashed(predictor, sample)
@@ -219,7 +251,7 @@ class NoisyBoxProtocol(Protocol):
             rng = seeded_rng(self.seed, sample.name, round(scale * 1000))
             noisy = dn_box_noise(box, scale, rng, (SQUASH_SIZE, SQUASH_SIZE))
             logits, _ = self._squashed_box_logits(predictor, noisy, sample.gt.shape)
-            outcomes.append(MaskOutcome(f"noise{scale:g}", 0, logits > 0, f"box={_fmt(noisy)}"))
+            outcomes.append(MaskOutcome(f"noise{scale:g}", 0, logits > 0, _box_text(noisy, sample.gt.shape)))
         return outcomes
 
 
@@ -227,6 +259,7 @@ class PointsProtocol(Protocol):
     """One centre point, and random positive (and negative) points averaged over trials."""
 
     name = "points"
+    draws_random = True
 
     def __init__(self, counts: Sequence[int] = (3, 5, 10), negatives: int = 5, trials: int = 3, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -245,8 +278,9 @@ class PointsProtocol(Protocol):
         rows = [("1pt", 0)]
         return rows + [(variant, t) for variant, _, _ in self._random_settings() for t in range(self.trials)]
 
-    def config(self) -> dict:
-        return {**super().config(), "counts": list(self.counts), "negatives": self.negatives, "trials": self.trials}
+    def config(self, predictor: SamPredictor | None = None) -> dict:
+        return {**super().config(predictor), "counts": list(self.counts), "negatives": self.negatives,
+                "trials": self.trials}
 
     def check(self, predictor: SamPredictor) -> None:
         _require_points(predictor, self.name)
@@ -293,8 +327,8 @@ class ClicksProtocol(Protocol):
     def variants(self) -> list[tuple[str, int]]:
         return [("clicks", 0)]
 
-    def config(self) -> dict:
-        return {**super().config(), "max_clicks": self.max_clicks}
+    def config(self, predictor: SamPredictor | None = None) -> dict:
+        return {**super().config(predictor), "max_clicks": self.max_clicks}
 
     def check(self, predictor: SamPredictor) -> None:
         _require_points(predictor, self.name)
@@ -310,6 +344,7 @@ class ClicksProtocol(Protocol):
         clicks: list[Click] = []
         ious: list[float] = []
         low_res = None
+        final = None
         for _ in range(self.max_clicks):
             click = next_click(pred, fg, valid, not_clicked)
             if click is None:  # nothing left to correct: the mask stays as it is
@@ -327,14 +362,16 @@ class ClicksProtocol(Protocol):
                 )
             best = int(np.argmax(scores))
             pred, low_res = masks[best], lows[best][None]
+            final = pred
             ious.append(iou(pred, sample.gt, sample.ignore))
-        return [ClickOutcome("clicks", 0, ious, clicks)]
+        return [ClickOutcome("clicks", 0, ious, clicks, final)]
 
 
 class PiClicksProtocol(Protocol):
     """Pi-SAM's correction protocol: the box mask, then 1 / 2 / 5 error clicks of each kind."""
 
     name = "pi-clicks"
+    draws_random = True
 
     def __init__(self, counts: Sequence[int] = (1, 2, 5), kinds: Sequence[str] = ERROR_KINDS, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -347,17 +384,13 @@ class PiClicksProtocol(Protocol):
     def variants(self) -> list[tuple[str, int]]:
         return [("box", 0)] + [(f"{kind}{n}", 0) for kind in self.kinds for n in self.counts]
 
-    def config(self) -> dict:
-        return {**super().config(), "counts": list(self.counts), "kinds": list(self.kinds)}
+    def config(self, predictor: SamPredictor | None = None) -> dict:
+        return {**super().config(predictor), "counts": list(self.counts), "kinds": list(self.kinds)}
 
     @staticmethod
     def to_squashed(clicks: Sequence[Click], gt_size: tuple[int, int]) -> np.ndarray:
         """(N, 2) click pixels of the GT frame -> the 1024 frame, pixel centres kept aligned."""
-        height, width = gt_size
-        xy = np.array([[c.x, c.y] for c in clicks], dtype=np.float64).reshape(-1, 2)
-        xy[:, 0] = (xy[:, 0] + 0.5) * SQUASH_SIZE / width - 0.5
-        xy[:, 1] = (xy[:, 1] + 0.5) * SQUASH_SIZE / height - 0.5
-        return xy
+        return original_to_squashed(np.array([[c.x, c.y] for c in clicks], dtype=np.float64), gt_size)
 
     def _correct(self, predictor: SamPredictor, box, low_res, clicks: list[Click], gt_size) -> np.ndarray:
         coords = self.to_squashed(clicks, gt_size)
@@ -377,15 +410,15 @@ class PiClicksProtocol(Protocol):
         box = self._set_squashed(predictor, sample)
         logits, low_res = self._squashed_box_logits(predictor, box, sample.gt.shape)
         first = logits > 0
-        outcomes = [MaskOutcome("box", 0, first, f"box={_fmt(box)}")]
+        box_text = _box_text(box, sample.gt.shape)
+        outcomes = [MaskOutcome("box", 0, first, box_text)]
         for kind_index, kind in enumerate(self.kinds):
             rng = seeded_rng(self.seed, sample.name, kind_index)
             all_clicks = error_component_clicks(first, fg, valid, max(self.counts), kind, rng)
             for count in self.counts:
                 clicks = all_clicks[:count]
                 mask = first if not clicks else self._correct(predictor, box, low_res, clicks, sample.gt.shape) > 0
-                text = f"box={_fmt(box)} clicks=" + ";".join(f"{c.x},{c.y},{int(c.positive)}" for c in clicks)
-                outcomes.append(MaskOutcome(f"{kind}{count}", 0, mask, text))
+                outcomes.append(MaskOutcome(f"{kind}{count}", 0, mask, f"{box_text} {_clicks_text(clicks)}"))
         return outcomes
 
 

@@ -9,6 +9,8 @@ from typing import Sequence
 from .plot import Panel, Series, line_plot
 from .results import BIOU_THRESHOLDS
 
+RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: these numbers are meaningless (pipeline check only)"
+
 # (key, header, scale, decimals): IoU-like measures in percent as HQ-SAM, SOD measures as Pi-SAM
 MASK_COLUMNS = (
     ("iou", "mIoU", 100, 1), ("biou", "mBIoU", 100, 1), ("mba", "mBA", 100, 1),
@@ -78,10 +80,11 @@ def markdown(summary: dict) -> str:
     run = summary["run"]
     lines = [f"# finesam eval: protocol `{run['protocol']}`, model `{run.get('model', 'unnamed')}`", ""]
     if run.get("random_weights"):
-        lines += ["**RANDOM WEIGHTS: these numbers are meaningless (pipeline check only).**", ""]
+        lines += [f"**{RANDOM_WEIGHTS_WARNING}.**", ""]
     lines += [f"{summary['description']}", ""]
     if run["protocol"] == "clicks":
         lines += [f"## clicks (max {run['max_clicks']})", ""] + _clicks_section(summary, run["max_clicks"])
+        lines += ["", f"## after the final click ({run['max_clicks']})", ""] + _mask_section(summary, "clicks")
     else:
         variants = _variants(summary)
         if len(variants) > 1:
@@ -95,27 +98,30 @@ def markdown(summary: dict) -> str:
                   + "; ".join(f"{s['dataset']}/{s['name']} ({s['reason']})" for s in summary["skipped"][:10])]
     if run["protocol"] == "clicks":
         lines += ["", "Measures: IoU after each click (ignored pixels, e.g. GrabCut's 128 band, left out); NoC@t: "
-                  "clicks to reach IoU >= t (the maximum if never), NoF@t: images that never reach it."]
-    else:
-        lines += ["", "Measures: mIoU / mBIoU as HQ-SAM (logits > 0 vs GT > 128, boundary dilation 0.02), mBA as "
-                  "CascadePSP, maxFβ (β²=0.3), wFβ, Sm, meanEφ, MAE, HCEγ as PySODMetrics / DIS; see finesam.metrics."]
+                  "clicks to reach IoU >= t (the maximum if never), NoF@t: images that never reach it; the "
+                  "final-click table scores the mask after the last click with the measures below."]
+    lines += ["", "Measures: mIoU / mBIoU as HQ-SAM (logits > 0 vs GT > 128, boundary dilation 0.02), mBA as "
+              "CascadePSP, maxFβ (β²=0.3), wFβ, Sm, meanEφ, MAE, HCEγ as PySODMetrics / DIS; see finesam.metrics."]
     return "\n".join(lines) + "\n"
 
 
 def write_plots(summary: dict, out_dir: Path) -> list[Path]:
-    """recall_biou.png (mask protocols) or iou_per_click.png (clicks); returns the files written."""
+    """recall_biou.png (mask protocols) or iou_per_click.png (clicks); returns the files written.
+
+    A run with random weights has the warning of ``table.md`` drawn over the plot (and in its PNG text)."""
     run = summary["run"]
+    warning = RANDOM_WEIGHTS_WARNING if run.get("random_weights") else None
     if run["protocol"] == "clicks":
         xs = list(range(1, run["max_clicks"] + 1))
         series = [Series(name, xs, data["variants"]["clicks"]["miou_per_click"])
                   for name, data in summary["datasets"].items() if "clicks" in data["variants"]]
         return [line_plot(out_dir / "iou_per_click.png", [Panel(f"mIoU per click ({run['model']})", series)],
                           "clicks", "mIoU", (1, max(2, run["max_clicks"])),
-                          xticks=[1] + list(range(5, run["max_clicks"] + 1, 5)))]
+                          xticks=[1] + list(range(5, run["max_clicks"] + 1, 5)), warning=warning)]
     panels = []
     for name, data in summary["datasets"].items():
         series = [Series(variant, BIOU_THRESHOLDS, [entry["biou_recall"][f"{t:.2f}"] for t in BIOU_THRESHOLDS])
                   for variant, entry in data["variants"].items()]
         panels.append(Panel(f"{name} ({run['model']}, {run['protocol']})", series))
     return [line_plot(out_dir / "recall_biou.png", panels, "boundary IoU threshold", "recall", (0.5, 0.95),
-                      xticks=(0.5, 0.6, 0.7, 0.8, 0.9))]
+                      xticks=(0.5, 0.6, 0.7, 0.8, 0.9), warning=warning)]

@@ -3,7 +3,9 @@
 A run directory holds:
 
 - ``per_image.csv``: one row per (data set, image, variant, trial) with the per-image
-  measures (exact float ``repr``), the image size and the prompt used;
+  measures (exact float ``repr``), the image size and the prompt used, in original-image
+  pixels (column ``prompt_original_px``, see :data:`.protocols.PROMPT_FRAME`); the ``clicks``
+  protocol has the IoU after each click and every measure of the mask after the final click;
 - ``curves.npz``: per row, the image's F-measure and E-measure curves (256 thresholds), which
   the data-set max-F / mean-F / max-E / mean-E need (the mean curve over images);
 - summaries are always recomputed from these two files, so an interrupted and resumed run
@@ -28,6 +30,8 @@ from ..errors import InvalidInputError
 from ..metrics import METRIC_KEYS, MaskMetrics
 from .protocols import ClickOutcome, MaskOutcome, Protocol
 
+PROMPT_COLUMN = "prompt_original_px"  # the column's name says the frame of its coordinates
+
 ID_COLUMNS = ("dataset", "name", "variant", "trial", "height", "width")
 #: per-image values averaged over images (the rest of METRIC_KEYS come from the mean curves)
 AVERAGED_KEYS = ("iou", "biou", "mba", "adp_f", "weighted_f", "mae", "s_measure", "adp_e", "hce")
@@ -38,17 +42,16 @@ CURVES_FLUSH_SECONDS = 30.0
 
 
 def columns_for(protocol: Protocol) -> list[str]:
-    """CSV header for a protocol's rows."""
+    """CSV header for a protocol's rows (clicks: NoC, IoU per click, then the measures at the final click)."""
+    measures = list(METRIC_KEYS)
     if protocol.kind == "clicks":
-        measures = ["noc85", "noc90"] + [f"iou_{k}" for k in range(1, protocol.max_clicks + 1)]
-    else:
-        measures = list(METRIC_KEYS)
-    return [*ID_COLUMNS, *measures, "prompt"]
+        measures = ["noc85", "noc90"] + [f"iou_{k}" for k in range(1, protocol.max_clicks + 1)] + measures
+    return [*ID_COLUMNS, *measures, PROMPT_COLUMN]
 
 
 @dataclass
 class Record:
-    """One CSV row (``values``) and, for mask protocols, the (2, 256) F / E curves."""
+    """One CSV row (``values``) and the (2, 256) F / E curves of its (final) mask."""
 
     values: dict
     curves: np.ndarray | None = None
@@ -72,22 +75,25 @@ def number_of_clicks_to(ious: Sequence[float], threshold: float) -> int:
 
 
 def score(outcome, sample: Sample, dataset: str, hce: bool = True) -> Record:
-    """Measure one protocol outcome against the sample's ground truth."""
-    base = {"dataset": dataset, "name": sample.name, "variant": outcome.variant, "trial": outcome.trial,
-            "height": sample.gt.shape[0], "width": sample.gt.shape[1], "prompt": outcome.prompt}
+    """Measure one protocol outcome against the sample's ground truth (a click run: its final mask)."""
+    values = {"dataset": dataset, "name": sample.name, "variant": outcome.variant, "trial": outcome.trial,
+              "height": sample.gt.shape[0], "width": sample.gt.shape[1], PROMPT_COLUMN: outcome.prompt}
     if isinstance(outcome, ClickOutcome):
-        values = {**base, **{f"noc{round(t * 100)}": number_of_clicks_to(outcome.ious, t) for t in NOC_THRESHOLDS}}
+        values.update({f"noc{round(t * 100)}": number_of_clicks_to(outcome.ious, t) for t in NOC_THRESHOLDS})
         values.update({f"iou_{k}": float(v) for k, v in enumerate(outcome.ious, start=1)})
-        return Record(values)
-    assert isinstance(outcome, MaskOutcome)
+    elif not isinstance(outcome, MaskOutcome):
+        raise InvalidInputError(f"score expects a MaskOutcome or ClickOutcome, got {type(outcome).__name__}")
+    if outcome.mask is None:
+        raise InvalidInputError(f"{dataset}/{sample.name}: the {outcome.variant!r} outcome has no mask to score "
+                                "(a ClickOutcome needs the mask after its final click)")
     metrics = MaskMetrics(hce=hce)
     measured = metrics.update(outcome.mask, sample.gt, sample.ignore)
     curves = metrics.curves()
-    return Record({**base, **{k: float(measured[k]) for k in METRIC_KEYS}}, np.stack([curves["f"], curves["e"]]))
+    return Record({**values, **{k: float(measured[k]) for k in METRIC_KEYS}}, np.stack([curves["f"], curves["e"]]))
 
 
 def _parse(value: str, column: str):
-    if column in ("dataset", "name", "variant", "prompt"):
+    if column in ("dataset", "name", "variant", PROMPT_COLUMN):
         return value
     if column in ("trial", "height", "width", "noc85", "noc90"):
         return int(value)
@@ -242,10 +248,11 @@ def summarize_masks(rows: Sequence[dict], curves: Sequence[np.ndarray]) -> dict:
     }
 
 
-def summarize_clicks(rows: Sequence[dict], max_clicks: int) -> dict:
-    """NoC@85/90 (mean), NoF (images never reaching the IoU), mean IoU after each click."""
+def summarize_clicks(rows: Sequence[dict], curves: Sequence[np.ndarray], max_clicks: int) -> dict:
+    """Every measure of :func:`summarize_masks` at the final click, plus NoC@85/90 (mean), NoF
+    (images never reaching the IoU) and the mean IoU after each click."""
     ious = np.array([[r[f"iou_{k}"] for k in range(1, max_clicks + 1)] for r in rows], dtype=np.float64)
-    summary = {"n": len(rows), "metrics": {}}
+    summary = summarize_masks(rows, curves)
     for threshold in NOC_THRESHOLDS:
         tag = round(threshold * 100)
         summary["metrics"][f"noc{tag}"] = _mean([r[f"noc{tag}"] for r in rows])
@@ -266,10 +273,10 @@ def summarize(store_rows: Sequence[dict], curves: dict[str, np.ndarray], protoco
             variant_rows = [r for r in rows if r["variant"] == variant]
             if not variant_rows:
                 continue
+            variant_curves = [curves[record_key(dataset, r["name"], variant, r["trial"])] for r in variant_rows]
             if protocol.kind == "clicks":
-                variants[variant] = summarize_clicks(variant_rows, protocol.max_clicks)
+                variants[variant] = summarize_clicks(variant_rows, variant_curves, protocol.max_clicks)
             else:
-                variant_curves = [curves[record_key(dataset, r["name"], variant, r["trial"])] for r in variant_rows]
                 variants[variant] = summarize_masks(variant_rows, variant_curves)
         result[dataset] = {"images": len({r["name"] for r in rows}), "variants": variants}
     return result

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["deform_conv2d", "DeformableConv2d"]
+__all__ = ["deform_conv2d", "deform_conv2d_by_sampling", "DeformableConv2d"]
 
 # Samples (position x tap x offset group) whose coordinates are computed in one
 # go: big enough to amortise per-op overhead, small enough to bound memory.
@@ -441,6 +441,51 @@ def deform_conv2d(
     return out.view(batch, c_out, h_out, w_out)
 
 
+def deform_conv2d_by_sampling(
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """:func:`deform_conv2d` from standard operators, for ONNX export: per kernel tap, one
+    bilinear ``F.grid_sample`` with zero padding (the same boundary rule) and a 1x1 convolution
+    with that tap's weights. One weight group and one offset group (Pi-SAM's layers); same
+    arguments and shapes as :func:`deform_conv2d`, equal up to float rounding."""
+    stride = _pair(stride, "stride")
+    padding = _pair(padding, "padding")
+    dilation = _pair(dilation, "dilation")
+    groups, offset_groups, h_out, w_out = _check_inputs(input, offset, weight, bias, mask, stride, padding, dilation)
+    if groups != 1 or offset_groups != 1:
+        raise ValueError("deform_conv2d_by_sampling supports one weight group and one offset group")
+    batch, _, height, width = input.shape
+    kh, kw = (int(size) for size in weight.shape[-2:])  # static kernel taps (the exporter traces shapes as tensors)
+    taps = kh * kw
+    device, dtype = input.device, offset.dtype
+    # Sample points of every tap, (B, taps, H_out, W_out) input pixels, in one go.
+    tap_rows = torch.arange(kh, device=device, dtype=dtype).repeat_interleave(kw) * dilation[0]
+    tap_cols = torch.arange(kw, device=device, dtype=dtype).repeat(kh) * dilation[1]
+    rows = torch.arange(h_out, device=device, dtype=dtype) * stride[0] - padding[0]
+    cols = torch.arange(w_out, device=device, dtype=dtype) * stride[1] - padding[1]
+    yx = offset.reshape(batch, taps, 2, h_out, w_out)
+    y = yx[:, :, 0] + (tap_rows.view(taps, 1, 1) + rows.view(1, h_out, 1))
+    x = yx[:, :, 1] + (tap_cols.view(taps, 1, 1) + cols.view(1, 1, w_out))
+    # Pixel p is grid (2p + 1) / size - 1 with align_corners=False; outside pixels are 0.
+    grid = torch.stack([(2 * x + 1) / width - 1, (2 * y + 1) / height - 1], dim=-1).to(input.dtype)
+    out = None
+    for tap in range(taps):
+        sampled = F.grid_sample(input, grid[:, tap], mode="bilinear", padding_mode="zeros", align_corners=False)
+        if mask is not None:
+            sampled = sampled * mask[:, tap : tap + 1]
+        i, j = divmod(tap, kw)
+        term = F.conv2d(sampled, weight[:, :, i : i + 1, j : j + 1])
+        out = term if out is None else out + term
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
 class DeformableConv2d(nn.Module):
     """Modulated deformable conv layer (DCNv2) as in Pi-SAM's Object Embedder.
 
@@ -486,11 +531,14 @@ class DeformableConv2d(nn.Module):
         # On CPU, work on a channels-last x: the predictor convs then return NHWC
         # offsets and modulators, the layout deform_conv2d works in (no
         # transposes of their 3*k*k channels), and oneDNN is no slower that way.
-        if x.device.type == "cpu":
+        exporting = torch.onnx.is_in_onnx_export()
+        if x.device.type == "cpu" and not exporting:  # (its copy loop would be traced as a constant)
             x = _nhwc(x).permute(0, 3, 1, 2)
         offset = self.offset_conv(x)  # (B, 2*kh*kw, H_out, W_out)
         modulator = 2.0 * torch.sigmoid(self.modulator_conv(x))  # (B, kh*kw, H_out, W_out)
-        return deform_conv2d(
+        # The exporters cannot trace deform_conv2d's blocked gathers; its standard-op twin.
+        convolve = deform_conv2d_by_sampling if exporting else deform_conv2d
+        return convolve(
             x,
             offset,
             self.regular_conv.weight,

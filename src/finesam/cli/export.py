@@ -1,0 +1,70 @@
+"""``finesam export onnx --model NAME [--checkpoint F | --random-weights] --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..errors import InvalidInputError
+from ..modeling.decoder_api import HQ_OUTPUTS
+from ..optional import require
+from ..outputs import check_output_dir
+from ..registry import get_spec, model_names
+from .segment import load_model
+
+EPILOG = """\
+writes DIR/encoder.onnx (preprocessed 1x3x1024x1024 image -> image_embeddings and the extras the decoder reads),
+DIR/decoder.onnx (SAM's ONNX decoder inputs: image_embeddings, point_coords, point_labels with 1 positive,
+0 negative, 2/3 box corners, -1 padding, mask_input, has_mask_input, orig_im_size; outputs masks, iou_predictions,
+low_res_masks) and, for Pi-SAM models, DIR/interactor.onnx (click correction). Run them with
+finesam.onnx.OnnxPredictor(DIR), or with onnxruntime directly.
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``export`` sub-command (with its ``onnx`` format) to an ``argparse`` sub-parsers object."""
+    export = subparsers.add_parser("export", help="export a model to another runtime (ONNX)",
+                                   description="Export a model to another runtime.")
+    formats = export.add_subparsers(dest="format", required=True, parser_class=type(export))
+    onnx = formats.add_parser("onnx", help="encoder and decoder graphs for onnxruntime", epilog=EPILOG,
+                              description="Export a model's encoder and decoder as ONNX graphs.",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    onnx.add_argument("--model", required=True, metavar="NAME",
+                      help=f"model name: {', '.join(model_names())}, or one added with finesam.register_model")
+    onnx.add_argument("--checkpoint", help="weights file (default: $FINESAM_CHECKPOINTS or ~/.cache/finesam, else download)")
+    onnx.add_argument("--decoder-checkpoint", help="decoder weights file (Pi-SAM models)")
+    onnx.add_argument("--random-weights", action="store_true", help="seeded random weights: checks the pipeline only")
+    onnx.add_argument("--out", required=True, metavar="DIR", help="output folder (encoder.onnx, decoder.onnx, ...)")
+    onnx.add_argument("--opset", type=int, default=17, help="ONNX opset, 16 to 20 (default 17)")
+    onnx.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None,
+                      help="fixed in the decoder: 3 candidate masks for SAM (the best of 3 + HQ for HQ-SAM), or the "
+                           "single-mask output with --no-multimask (default: --multimask where the decoder has candidates)")
+    onnx.add_argument("--hq-token-only", action="store_true", help="HQ models: the HQ logits only (official hq_token_only=True)")
+    onnx.add_argument("--hq-output", choices=HQ_OUTPUTS, help="HQ models: the output mode fixed in the decoder (default sum)")
+    onnx.add_argument("--external-data", action="store_true",
+                      help="keep the weights in DIR/NAME.onnx.data files (always done for graphs over 1.8 GB)")
+    return export
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import check_opset, export_mode, export_onnx
+
+    # Refuse bad options before loading weights: the output folder, the extra, the modes on a weightless build.
+    out = check_output_dir(args.out, "ONNX output folder")
+    require("onnx", "finesam export onnx", "onnx")
+    check_opset(args.opset)
+    spec = get_spec(args.model)
+    if args.checkpoint and args.random_weights:
+        raise InvalidInputError("--random-weights and --checkpoint / --decoder-checkpoint exclude each other")
+    hq_token_only = True if args.hq_token_only else None
+    with torch.device("meta"):
+        export_mode(spec.build(), args.multimask, hq_token_only, args.hq_output)
+    model = load_model(args.model, args.checkpoint, args.random_weights, "cpu", decoder_checkpoint=args.decoder_checkpoint)
+    files = export_onnx(model, out, model_name=args.model, multimask=args.multimask, hq_token_only=hq_token_only,
+                        hq_output=args.hq_output, opset=args.opset, external_data=True if args.external_data else None,
+                        random_weights=args.random_weights)
+    for path in (files.encoder, files.decoder, files.interactor):
+        if path is not None:
+            print(path)
+    return 0

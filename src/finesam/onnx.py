@@ -1,0 +1,233 @@
+"""``OnnxPredictor``: :class:`finesam.SamPredictor`'s surface on graphs written by
+``finesam export onnx`` (:func:`finesam.export.export_onnx`), run with onnxruntime.
+
+Prompts, images and clicks are validated and resized by :class:`SamPredictor`'s own code;
+only the encoder, the decoder and the click interactor run in onnxruntime, and the masks come
+resized to the image by the graphs themselves (``orig_im_size``). Needs the ``onnx`` extra
+(``pip install 'finesam[onnx]'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InvalidInputError
+from .export import graphs
+from .export.onnx_export import DECODER_FILE, ENCODER_FILE, FORMAT_VERSION, INTERACTOR_FILE, METADATA_KEY
+from .modeling.decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
+from .modeling.features import ImageFeatures
+from .modeling.prompt_checks import check_click_points, check_model_prompts
+from .optional import require
+from .predict.predictor import SamPredictor
+
+__all__ = ["OnnxPredictor", "ExportedModel"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxCorrectionState(CorrectionState):
+    """A correcting decoder's state as the ONNX decoder returns it, with the image size the
+    interactor graph resizes its masks to."""
+
+    original_size: tuple[int, int] = (0, 0)
+
+
+def _session(ort, path: Path, providers: Sequence[str] | None, options):
+    if not path.is_file():
+        raise InvalidInputError(f"{str(path)!r} is missing: export the model with `finesam export onnx --out {path.parent}`")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as error:  # onnxruntime raises its own exception kinds for unreadable files
+        raise InvalidInputError(f"onnxruntime cannot load {str(path)!r}: {error}") from error
+
+
+class ExportedModel:
+    """The exported graphs of one model, with the part of :class:`~finesam.modeling.sam.Sam`'s
+    surface that :class:`SamPredictor` uses (``image_size``, ``capabilities``, ``encode_image``,
+    ``correct``, ...). The graphs resize masks to the image themselves, so
+    :meth:`postprocess_masks` only checks their size.
+    """
+
+    def __init__(self, folder: str | os.PathLike, providers: Sequence[str] | None = None, session_options=None) -> None:
+        ort = require("onnxruntime", "OnnxPredictor", "onnx")
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise InvalidInputError(f"ONNX folder {str(self.folder)!r} does not exist: export a model into it with "
+                                    "`finesam export onnx --model NAME --out FOLDER`")
+        self.encoder = _session(ort, self.folder / ENCODER_FILE, providers, session_options)
+        self.decoder = _session(ort, self.folder / DECODER_FILE, providers, session_options)
+        raw = self.decoder.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if raw is None:
+            raise InvalidInputError(f"{str(self.folder / DECODER_FILE)!r} was not exported by finesam (no metadata)")
+        self.metadata = json.loads(raw)
+        if self.metadata.get("format") != FORMAT_VERSION:
+            raise InvalidInputError(f"{str(self.folder)!r} holds graphs of export format {self.metadata.get('format')}; "
+                                    f"this finesam reads format {FORMAT_VERSION}: export the model again")
+        caps = self.metadata["capabilities"]
+        self.capabilities = DecoderCapabilities(
+            prompts=frozenset(caps["prompts"]), multimask=caps["multimask"], output_modes=tuple(caps["output_modes"]),
+            output_size=caps["output_size"], corrects_clicks=caps["corrects_clicks"],
+            encoder_features=frozenset(caps["encoder_features"]),
+        )
+        self.mode = OutputMode(**self.metadata["mode"])
+        self.image_size = int(self.metadata["image_size"])
+        self.image_format = self.metadata["image_format"]
+        self.mask_threshold = float(self.metadata["mask_threshold"])
+        self.pixel_mean = torch.tensor(self.metadata["pixel_mean"]).view(-1, 1, 1)
+        self.pixel_std = torch.tensor(self.metadata["pixel_std"]).view(-1, 1, 1)
+        self.device = torch.device("cpu")
+        self.interactor = None
+        if self.capabilities.corrects_clicks:
+            self.interactor = _session(ort, self.folder / INTERACTOR_FILE, providers, session_options)
+        self.extras = tuple(extra for extra in graphs.EXTRA_NAMES if extra in self.capabilities.encoder_features)
+        self.decoder_inputs = {entry.name for entry in self.decoder.get_inputs()}
+
+    # --- what SamPredictor asks ----------------------------------------------------------------
+    def encode_image(self, x: torch.Tensor, extras: frozenset[str] | None = None) -> ImageFeatures:
+        """(1, 3, h, w) resized RGB in 0..255 -> :class:`ImageFeatures` from the encoder graph
+        (the extras the decoder reads; ``extras`` cannot add others)."""
+        image = (x.float().cpu() - self.pixel_mean) / self.pixel_std
+        height, width = image.shape[-2:]
+        image = F.pad(image, (0, self.image_size - width, 0, self.image_size - height))
+        outputs = self.encoder.run(None, {graphs.ENCODER_INPUT: image.numpy()})
+        tensors = dict(zip(self.extras, (torch.from_numpy(array) for array in outputs[1:])))
+        return ImageFeatures(torch.from_numpy(outputs[0]), **tensors)
+
+    def postprocess_masks(self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
+        """The graphs already return masks of the image's size (``orig_im_size``)."""
+        if tuple(masks.shape[-2:]) != tuple(original_size):
+            raise InvalidInputError(f"masks of size {tuple(masks.shape[-2:])} for an image of size {tuple(original_size)}")
+        return masks
+
+    def postprocess_to_binary(self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
+        """Bool masks from the graphs' masks (already of the image's size)."""
+        return self.postprocess_masks(masks, input_size, original_size) > self.mask_threshold
+
+    def correct(self, state: CorrectionState, points: torch.Tensor, flags: torch.Tensor,
+                padding: torch.Tensor | None = None) -> DecoderOutput:
+        """As :meth:`Sam.correct` (points normalised x / 1024), one prediction, on the interactor graph."""
+        if self.interactor is None:
+            raise InvalidInputError("this model's decoder does not correct clicks (a Pi-SAM model does)")
+        check_click_points(points, flags)
+        labels = flags.float() if padding is None else torch.where(padding, -1.0, flags.float())
+        inputs = {
+            "object_embedding": state.object_embedding.numpy(), "hq_token": state.hyper.numpy(),
+            "rgb_embedding": state.rgb.numpy(),
+            "click_coords": (points.float() * self.image_size).numpy(), "click_labels": labels.numpy(),
+            graphs.SIZE_INPUT: np.asarray(state.original_size, dtype=np.float32),
+        }
+        (masks,) = self.interactor.run(None, inputs)
+        return DecoderOutput(torch.from_numpy(masks), state.scores, state.low_res, state=state)
+
+    # --- the decoder graph ---------------------------------------------------------------------
+    def decode_one(self, features: ImageFeatures, coords: np.ndarray, labels: np.ndarray, mask: np.ndarray | None,
+                   original_size: tuple[int, int]) -> list[np.ndarray]:
+        """One prompt set in SAM's ONNX convention: coords (N, 2) in the 1024 frame, labels (N,)."""
+        inputs = {graphs.EMBEDDING: features.embedding.numpy()}
+        for extra in self.extras:
+            inputs[graphs.EXTRA_NAMES[extra]] = getattr(features, extra).numpy()
+        inputs["point_coords"] = coords[None].astype(np.float32)
+        inputs["point_labels"] = labels[None].astype(np.float32)
+        if "mask_input" in self.decoder_inputs:
+            inputs["mask_input"] = np.zeros((1, 1, 256, 256), np.float32) if mask is None else mask[None].astype(np.float32)
+            inputs["has_mask_input"] = np.array([0.0 if mask is None else 1.0], np.float32)
+        inputs[graphs.SIZE_INPUT] = np.asarray(original_size, dtype=np.float32)
+        return self.decoder.run(None, inputs)
+
+
+class OnnxPredictor(SamPredictor):
+    """:class:`finesam.SamPredictor` on the ONNX graphs in ``folder`` (onnxruntime).
+
+    ``set_image``, ``predict``, ``predict_batch``, ``predict_torch``, ``correct`` (Pi-SAM),
+    ``reset_image``, ``get_image_embedding`` take the same arguments with the same checks.
+    The decoder's output mode was fixed at export: ``multimask_output`` / ``hq_token_only`` /
+    ``hq_output`` default to it, and another value is refused with the export option to use.
+    ``providers``: onnxruntime execution providers (default: the CPU).
+    """
+
+    def __init__(self, folder: str | os.PathLike, providers: Sequence[str] | None = None, session_options=None) -> None:
+        super().__init__(ExportedModel(folder, providers, session_options), keep_early_feature=False)
+
+    @property
+    def metadata(self) -> dict:
+        """What the export recorded: model name, random weights, opset, output mode, ..."""
+        return self.model.metadata
+
+    def _exported_multimask(self, multimask_output: bool | None) -> bool:
+        return self.model.mode.multimask if multimask_output is None else multimask_output
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output: bool | None = None,
+                return_logits: bool = False, hq_token_only: bool | None = None, hq_output: str | None = None):
+        """As :meth:`SamPredictor.predict`; ``multimask_output`` defaults to the exported mode."""
+        return super().predict(point_coords, point_labels, box, mask_input, self._exported_multimask(multimask_output),
+                               return_logits, hq_token_only, hq_output)
+
+    def predict_batch(self, boxes=None, points=None, point_labels=None, mask_input=None, multimask_output: bool | None = None,
+                      return_logits: bool = False, hq_token_only: bool | None = None, hq_output: str | None = None):
+        """As :meth:`SamPredictor.predict_batch` (one decoder run per prompt); ``multimask_output``
+        defaults to the exported mode."""
+        return super().predict_batch(boxes, points, point_labels, mask_input, self._exported_multimask(multimask_output),
+                                     return_logits, hq_token_only, hq_output)
+
+    def _check_mode(self, mode: OutputMode) -> None:
+        capabilities, exported = self.capabilities, self.model.mode
+        capabilities.check_mode(mode)
+        default_hq = capabilities.output_modes[0] if capabilities.output_modes else None
+        hq, exported_hq = mode.hq or default_hq, exported.hq or default_hq
+        multimask_matters = (capabilities.multimask or capabilities.output_modes) and hq != "candidates"
+        if hq != exported_hq or (multimask_matters and mode.multimask != exported.multimask):
+            def describe(multimask: bool, hq_mode: str | None) -> str:
+                return f"multimask_output={multimask}" + (f", hq_output={hq_mode!r}" if hq_mode else "")
+
+            option = "--multimask" if mode.multimask else "--no-multimask"
+            hq_option = f" --hq-output {hq}" if hq else ""
+            raise InvalidInputError(
+                f"these ONNX graphs were exported with {describe(exported.multimask, exported_hq)} and cannot give "
+                f"{describe(mode.multimask, hq)}: export again with `finesam export onnx {option}{hq_option}`, or leave the option out"
+            )
+
+    @torch.no_grad()
+    def predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output: bool = True,
+                      return_logits: bool = False, hq_token_only: bool | None = None, hq_output: str | None = None):
+        """As :meth:`SamPredictor.predict_torch`: prompts in the 1024 frame, batched over B (the
+        decoder graph runs once per prompt). Returns masks (B, K, H, W), scores (B, K), low-res
+        logits (B, K, 256, 256)."""
+        self._require_image()
+        if (point_coords is None) != (point_labels is None):
+            raise InvalidInputError("point_coords and point_labels go together: pass both, or neither")
+        self._check_mode(OutputMode.from_flags(multimask_output, hq_token_only, hq_output))
+        self.capabilities.check_prompts(point_coords is not None, boxes is not None, mask_input is not None)
+        points = (point_coords, point_labels) if point_coords is not None else None
+        check_model_prompts(points, boxes, mask_input, self.model.image_size)
+        count = next(t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None)
+        results, states = [], []
+        for index in range(count):
+            parts = [np.zeros((0, 2)), np.zeros(0)]
+            if point_coords is not None:
+                parts = [point_coords[index].cpu().numpy(), point_labels[index].cpu().numpy()]
+            if boxes is not None:  # the box corners, labelled 2 and 3, after the points
+                corners = boxes[index].cpu().numpy().reshape(2, 2)
+                parts = [np.concatenate([parts[0], corners]), np.concatenate([parts[1], [graphs.BOX_TOP_LEFT, graphs.BOX_BOTTOM_RIGHT]])]
+            elif point_coords is not None:  # SAM's padding point, as its prompt encoder adds to points without a box
+                parts = [np.concatenate([parts[0], [[0.0, 0.0]]]), np.concatenate([parts[1], [-1]])]
+            mask = None if mask_input is None else mask_input[index if mask_input.shape[0] > 1 else 0].cpu().numpy()
+            outputs = [torch.from_numpy(array) for array in
+                       self.model.decode_one(self.image_features, parts[0], parts[1], mask, self.original_size)]
+            results.append(outputs[:3])
+            if len(outputs) > 3:
+                states.append(outputs[3:])
+        masks, scores, low_res = (torch.cat(column) for column in zip(*results))
+        self.correction_state = None
+        if states:
+            object_embedding, hyper, rgb = (torch.cat(column) for column in zip(*states))
+            self.correction_state = OnnxCorrectionState(object_embedding, hyper, rgb, low_res, scores, tuple(self.original_size))
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, scores, low_res

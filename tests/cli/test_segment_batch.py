@@ -1,0 +1,289 @@
+"""``finesam segment INPUT... --out DIR``: folders and prompt files in, standard formats out;
+one encoding per image, resume, bad images and prompts reported and skipped, torchrun sharding."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import weakref
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+from conftest import data_path
+from PIL import Image
+
+import finesam
+from finesam import cli
+from finesam.cli import segment as segment_command
+from finesam.formats import decode_rle
+from finesam.modeling.sam import Sam
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
+STEMS = ("0001", "0002")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return finesam.load("mobile_sam", random_weights=True)
+
+
+ENCODED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {image digest: features}
+
+
+@pytest.fixture
+def encodings(monkeypatch, model):
+    """Count the command's image encodings (each image's features are computed once per module
+    and reused: the tests are about the command); the command gets the module's model."""
+    calls = []
+    real = Sam.encode_image
+
+    def encode_image(self, image, *args, **kwargs):
+        calls.append(1)
+        cache = ENCODED.setdefault(self, {})
+        key = (hashlib.sha1(image.cpu().numpy().tobytes()).hexdigest(), repr(args), repr(kwargs))
+        if key not in cache:
+            cache[key] = real(self, image, *args, **kwargs)
+        return cache[key]
+
+    monkeypatch.setattr(Sam, "encode_image", encode_image)
+    monkeypatch.setattr(segment_command, "load", lambda *args, **kwargs: model)
+    return calls
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Two real ECSSD photographs (at most 400x400) in a folder."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for stem in STEMS:
+        shutil.copy(data_path("ecssd", "im", f"{stem}.jpg"), folder / f"{stem}.jpg")
+    return folder
+
+
+def run(args, capsys):
+    code = cli.main(["segment", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def coco_prompts(folder) -> dict:
+    """COCO ground-truth style prompts: two boxes on the first image, one on the others."""
+    images, annotations = [], []
+    for number, stem in enumerate(STEMS, start=1):
+        width, height = Image.open(folder / f"{stem}.jpg").size
+        images.append({"id": 100 + number, "file_name": f"{stem}.jpg", "width": width, "height": height})
+        boxes = [[20, 30, width // 2, height // 2]] + ([[width // 3, height // 4, width // 2, height // 2]] if number == 1 else [])
+        for box in boxes:
+            annotations.append({"id": 1000 + len(annotations), "image_id": 100 + number, "bbox": box,
+                                "category_id": 1 + len(annotations) % 2, "score": 0.5 + 0.1 * len(annotations),
+                                "area": box[2] * box[3], "iscrowd": 0})
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+
+
+def test_folder_and_coco_boxes_give_coco_results_equal_to_the_predictor(photos, tmp_path, encodings, model, capsys):
+    coco_mask = pytest.importorskip("pycocotools.mask")
+    from pycocotools.coco import COCO
+
+    prompts = coco_prompts(photos)
+    (tmp_path / "gt.json").write_text(json.dumps(prompts))
+    out = tmp_path / "out"
+    code, stdout, err = run([photos, "--model", "mobile_sam", "--random-weights", "--prompts", tmp_path / "gt.json",
+                             "--out", out, "--format", "png,instances,coco,polygons,overlay"], capsys)
+    assert code == 0, err
+    assert len(encodings) == len(STEMS)  # each image encoded once, for all its boxes
+    results = json.loads((out / "coco_results.json").read_text())
+    annotations = prompts["annotations"]
+    assert [r["prompt_id"] for r in results] == [a["id"] for a in annotations]
+    for result, annotation in zip(results, annotations):
+        assert set(result) == {"image_id", "category_id", "bbox", "area", "score", "detector_score", "prompt_id", "segmentation"}
+        assert (result["image_id"], result["category_id"]) == (annotation["image_id"], annotation["category_id"])
+        assert result["detector_score"] == pytest.approx(annotation["score"])
+        assert isinstance(result["segmentation"]["counts"], str)
+        assert result["area"] == int(coco_mask.area(result["segmentation"]))
+        assert result["bbox"] == pytest.approx(coco_mask.toBbox(result["segmentation"]).tolist())
+
+    ground_truth = COCO()
+    ground_truth.dataset = prompts
+    ground_truth.createIndex()
+    loaded = ground_truth.loadRes(str(out / "coco_results.json"))  # pycocotools reads the file
+    predictor = finesam.SamPredictor(model, keep_early_feature=False)  # as the command: its encodings are reused
+    for image in prompts["images"]:
+        boxes = [a["bbox"] for a in annotations if a["image_id"] == image["id"]]
+        predictor.set_image(np.asarray(Image.open(photos / image["file_name"]).convert("RGB")))
+        xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=float)
+        expected, scores, _ = predictor.predict_batch(boxes=xyxy, multimask_output=False)
+        entries = loaded.loadAnns(loaded.getAnnIds(imgIds=[image["id"]]))
+        assert len(entries) == len(boxes)
+        for k, (entry, mask, score) in enumerate(zip(entries, expected[:, 0], scores[:, 0])):
+            np.testing.assert_array_equal(loaded.annToMask(entry).astype(bool), mask)
+            assert entry["score"] == pytest.approx(float(score), abs=1e-6)  # the predicted IoU
+            png = np.asarray(Image.open(out / "masks" / image["file_name"][:-4] / f"{k}.png"))
+            np.testing.assert_array_equal(png == 255, mask)
+        instances = np.asarray(Image.open(out / "instances" / f"{image['file_name'][:-4]}.png"))
+        assert set(np.unique(instances)) <= set(range(len(boxes) + 1)) and (instances > 0).any()
+    assert len(encodings) == 2 * len(STEMS)  # (the reference predictor reuses the command's features)
+    first = json.loads((out / "polygons" / "0001.json").read_text())
+    assert [o["prompt_id"] for o in first["objects"]] == [1000, 1001]
+    geojson = json.loads((out / "polygons" / "0001.geojson").read_text())
+    assert geojson["type"] == "FeatureCollection" and len(geojson["features"]) == 2
+    assert Image.open(out / "overlays" / "0001.png").size == Image.open(photos / "0001.jpg").size
+
+
+def test_corrupt_image_is_reported_the_rest_written_and_the_run_resumes(photos, tmp_path, encodings, capsys):
+    (photos / "0005.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "out"
+    args = ["--model", "mobile_sam", "--random-weights", "--box", "20", "20", "200", "150", "--out", out]
+    code, stdout, err = run([photos, *args], capsys)
+    assert code == 1  # something failed
+    assert "0005.jpg" in err and "1 image(s) and 0 prompt(s) failed" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["done_now"] == len(STEMS) and summary["exit_code"] == 1 and summary["failed_images"][0].startswith("0005:")
+    assert [r["image_id"] for r in json.loads((out / "coco_results.json").read_text())] == [f"{s}.jpg" for s in STEMS]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == list(STEMS)
+    assert len(encodings) == len(STEMS)
+
+    code, stdout, err = run([photos, *args], capsys)  # resume: done images skipped, the bad one tried again
+    assert code == 1 and len(encodings) == len(STEMS) and f"{len(STEMS)} done before, skipped" in stdout
+
+    Image.open(photos / "0001.jpg").save(photos / "0005.jpg")  # repaired
+    code, stdout, err = run([photos, *args], capsys)
+    assert code == 0, err
+    assert len(encodings) == len(STEMS) + 1  # only the repaired image
+    assert len(json.loads((out / "coco_results.json").read_text())) == len(STEMS) + 1
+
+    code, _, err = run([photos, *args, "--overwrite"], capsys)
+    assert code == 0 and len(encodings) == 2 * (len(STEMS) + 1)
+
+    code, _, err = run([photos, *args, "--format", "png"], capsys)  # other settings: refused, not mixed
+    assert code == 2 and "--overwrite" in err
+
+
+def test_bad_prompts_are_skipped_before_encoding(photos, tmp_path, encodings, capsys):
+    (tmp_path / "boxes.csv").write_text("image,x0,y0,x1,y1,label\n0001.jpg,10,10,100,100,cat\n"
+                                        "0001.jpg,10,10,1e9,100,dog\n0002.jpg,5,5,1e9,9,cat\n")
+    out = tmp_path / "out"
+    code, _, err = run([photos / "0001.jpg", photos / "0002.jpg", "--model", "mobile_sam", "--random-weights",
+                        "--prompts", tmp_path / "boxes.csv", "--out", out, "--format", "coco"], capsys)
+    assert code == 1
+    assert "prompt 1: box coordinates hold 1e+09, far outside" in err and "0002" in err
+    assert len(encodings) == 1  # 0002 has no valid prompt: not encoded
+    results = json.loads((out / "coco_results.json").read_text())
+    assert [(r["image_id"], r["prompt_id"], r["category_id"]) for r in results] == [("0001.jpg", 0, "cat")]
+    assert len(json.loads((out / "summary.json").read_text())["bad_prompts"]) == 2
+
+
+def test_globs_and_automatic_masks(photos, tmp_path, encodings, capsys):
+    out = tmp_path / "out"
+    code, _, err = run([str(photos / "000[12].jpg"), "--model", "mobile_sam", "--random-weights", "--auto",
+                        "--points-per-side", "4", "--out", out, "--format", "instances,coco"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "instances").iterdir()) == ["0001.png", "0002.png"]
+    for entry in json.loads((out / "coco_results.json").read_text()):
+        assert decode_rle(entry["segmentation"]).sum() == entry["area"] > 0
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--out", "{tmp}/o.jpg", "--box", "1", "1", "9", "9"], "lossy"),
+    (["--out", "{tmp}/o", "--box", "1", "1", "9", "9", "--format", "png,tiff"], "--format 'png,tiff'"),
+    (["--out", "{tmp}/o", "--box", "1", "1", "9", "9", "--overlay", "{tmp}/v.png"], "--overlay FILE goes with"),
+    (["--out", "{tmp}/m.png", "--auto"], "give a folder as --out"),
+    (["--out", "{tmp}/o", "--auto", "--box", "1", "1", "9", "9"], "exclude each other"),
+    (["--out", "{tmp}/o", "--box", "1", "1", "9", "9", "--fix-point", "3", "3"], "corrects clicks"),
+    (["--out", "{tmp}/o", "--prompts", "{tmp}/none.csv"], "no such file"),
+])
+def test_refusals_come_before_any_work(photos, tmp_path, capsys, extra, fragment, monkeypatch):
+    monkeypatch.setattr(segment_command, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    code, _, err = run([photos, "--model", "mobile_sam", "--random-weights",
+                        *[a.format(tmp=tmp_path) for a in extra]], capsys)
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_pi_sam_correction_clicks_go_to_correct(tmp_path, capsys, encodings, monkeypatch, request):
+    spec = finesam.registry.REGISTRY["pi_vit_b"].with_encoder(depth=1, global_attn_indexes=(0,))
+    finesam.register_model("pi_vit_b_1block_cli_test", spec, replace_existing=True)
+    request.addfinalizer(lambda: finesam.registry.unregister_model("pi_vit_b_1block_cli_test"))
+    pi_model = finesam.load("pi_vit_b_1block_cli_test", random_weights=True)
+    with torch.no_grad():  # the interactor starts as an identity: make the clicks matter
+        torch.nn.init.normal_(pi_model.mask_decoder.interactor.out_cov.weight, std=2.0, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(segment_command, "load", lambda name, *args, **kwargs: pi_model)
+    calls = {}
+    real_predict, real_correct = finesam.SamPredictor.predict, finesam.SamPredictor.correct
+
+    def predict(self, *args, **kwargs):
+        calls["predict"] = real_predict(self, *args, **kwargs)
+        return calls["predict"]
+
+    def correct(self, fg_points=None, bg_points=None, **kwargs):
+        calls["clicks"] = (np.asarray(fg_points).tolist(), np.asarray(bg_points).tolist())
+        calls["correct"] = real_correct(self, fg_points, bg_points, **kwargs)
+        return calls["correct"]
+
+    monkeypatch.setattr(finesam.SamPredictor, "predict", predict)
+    monkeypatch.setattr(finesam.SamPredictor, "correct", correct)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    code, _, err = run([tmp_path / "in.png", "--model", "pi_vit_b_1block_cli_test", "--random-weights",
+                        "--box", "10", "10", "100", "80", "--fix-point", "50", "40", "--fix-negative", "15", "70",
+                        "--out", tmp_path / "out", "--format", "png"], capsys)
+    assert code == 0, err
+    assert calls["clicks"] == ([[50.0, 40.0]], [[15.0, 70.0]])  # image pixels, as given
+    written = np.asarray(Image.open(tmp_path / "out" / "masks" / "in" / "0.png")) == 255
+    np.testing.assert_array_equal(written, calls["correct"][0][0])
+    assert not np.array_equal(written, calls["predict"][0][0])  # the corrected mask, not the box's
+
+
+def test_help_shows_the_prompt_file_formats(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["segment", "--help"])
+    text = capsys.readouterr().out
+    for fragment in ("COCO JSON", "detector results", "image,x0,y0,x1,y1[,label]", "JSON lines", "exit codes"):
+        assert fragment in text
+
+
+@contextmanager
+def torch_threads(count: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_torchrun_processes_give_the_single_process_outputs(photos, tmp_path, capsys):
+    (photos / "0003.jpg").write_bytes(b"broken")  # a failure on one rank is merged too
+    # rank 0: 0001 and the broken 0003, rank 1: 0002
+    args = ["segment", str(photos), "--model", "mobile_sam", "--random-weights", "--box", "20", "20", "200", "150",
+            "--format", "png,coco,instances", "--device", "cpu"]
+    with torch_threads(1):  # as each torchrun process: same arithmetic
+        assert cli.main([*args, "--out", str(tmp_path / "single")]) == 1
+    capsys.readouterr()
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    environment.pop("WORLD_SIZE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(_free_port()), "-m", "finesam.cli", *args, "--out", str(tmp_path / "sharded")],
+        capture_output=True, text=True, env=environment, timeout=300,
+    )
+    assert result.returncode != 0 and "0003" in result.stderr, result.stderr[-2000:]
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert (sharded / "coco_results.json").read_text() == (single / "coco_results.json").read_text()
+    assert json.loads((sharded / "summary.json").read_text()) == json.loads((single / "summary.json").read_text())
+    records = sorted(p.name for p in (single / "records").iterdir())
+    assert records == sorted(p.name for p in (sharded / "records").iterdir()) == ["0001.json", "0002.json"]
+    for stem in ("0001", "0002"):
+        for name in (f"masks/{stem}/0.png", f"instances/{stem}.png"):
+            np.testing.assert_array_equal(np.asarray(Image.open(single / name)), np.asarray(Image.open(sharded / name)))

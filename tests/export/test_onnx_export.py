@@ -1,0 +1,175 @@
+"""ONNX export: onnxruntime against torch for SAM, HQ-SAM and Pi-SAM graphs (random weights,
+a real image), the exported mask resizing against the torch postprocess, and the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import finesam
+from finesam import cli
+from finesam.errors import CallOrderError, InvalidInputError
+from finesam.registry import REGISTRY
+from finesam.predict.transforms import preprocess_shape
+
+onnxruntime = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from finesam.export import export_onnx, read_metadata  # noqa: E402
+from finesam.onnx import OnnxPredictor  # noqa: E402
+
+from conftest import randomize_  # noqa: E402
+
+LOGITS_TOL = 1e-3  # the acceptance bound, in logits
+BOX = np.array([30, 40, 380, 250])
+
+
+def max_difference(torch_outputs, onnx_outputs) -> list[float]:
+    return [float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max()) for a, b in zip(torch_outputs, onnx_outputs)]
+
+
+def assert_close(torch_outputs, onnx_outputs, what: str) -> None:
+    for (a, b), name in zip(zip(torch_outputs, onnx_outputs), ("masks", "scores", "low_res")):
+        assert np.shape(a) == np.shape(b), f"{what} {name}: shape {np.shape(a)} vs {np.shape(b)}"
+    differences = max_difference(torch_outputs, onnx_outputs)
+    assert max(differences) <= LOGITS_TOL, f"{what}: max |torch - onnxruntime| (masks, scores, low_res) = {differences}"
+
+
+@pytest.fixture(scope="module")
+def sam_export(tmp_path_factory):
+    """mobile_sam exported by the command line, with seeded random weights."""
+    folder = tmp_path_factory.mktemp("mobile_sam_onnx")
+    assert cli.main(["export", "onnx", "--model", "mobile_sam", "--random-weights", "--out", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sam_model():
+    return finesam.load("mobile_sam", random_weights=True)  # the weights --random-weights exported
+
+
+def test_sam_matches_torch(sam_export, sam_model, real_image):
+    reference = finesam.SamPredictor(sam_model)
+    reference.set_image(real_image)
+    predictor = OnnxPredictor(sam_export)
+    assert predictor.metadata["model"] == "mobile_sam" and predictor.metadata["random_weights"] is True
+    predictor.set_image(real_image)
+    assert (predictor.features - reference.features).abs().max() <= LOGITS_TOL
+    points, labels = np.array([[200, 150], [40, 30]]), np.array([1, 0])
+    for prompts in (dict(box=BOX), dict(point_coords=points, point_labels=labels),
+                    dict(point_coords=points[:1], point_labels=labels[:1], box=BOX)):
+        expected = reference.predict(**prompts, return_logits=True)
+        assert_close(expected, predictor.predict(**prompts, return_logits=True), f"SAM {sorted(prompts)}")
+        previous = expected[2][:1]  # refinement with the previous low-res logits
+        assert_close(reference.predict(**prompts, mask_input=previous, return_logits=True),
+                     predictor.predict(**prompts, mask_input=previous, return_logits=True), f"SAM {sorted(prompts)} + mask")
+    previous = reference.predict(box=BOX)[2][:1]  # a mask prompt alone: no points, no padding point
+    assert_close(reference.predict(mask_input=previous, return_logits=True),
+                 predictor.predict(mask_input=previous, return_logits=True), "SAM mask only")
+    boxes = np.array([BOX, [5, 5, 120, 90]])
+    assert_close(reference.predict_batch(boxes=boxes, multimask_output=True, return_logits=True),
+                 predictor.predict_batch(boxes=boxes, return_logits=True), "SAM batch")
+    masks, _, _ = predictor.predict(box=BOX)
+    assert masks.dtype == bool and masks.shape == (3, *real_image.shape[:2])
+
+
+def test_exported_resizing_matches_the_torch_postprocess(sam_export, sam_model):
+    """The decoder's orig_im_size path against Sam.postprocess_masks on its own low-res logits,
+    for sizes whose rounding is delicate (odd, 1-pixel strips, just under / over 1024)."""
+    session = onnxruntime.InferenceSession(str(sam_export / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    embedding = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
+    for size in ((300, 400), (1023, 1025), (7, 3), (1, 2000), (683, 1024), (1365, 2048)):
+        masks, _, low_res = session.run(None, {
+            "image_embeddings": embedding,
+            "point_coords": np.array([[[200.0, 300.0], [0.0, 0.0]]], np.float32),
+            "point_labels": np.array([[1.0, -1.0]], np.float32),
+            "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32),
+            "orig_im_size": np.array(size, np.float32),
+        })
+        expected = sam_model.postprocess_masks(torch.from_numpy(low_res), preprocess_shape(*size, 1024), size)
+        assert masks.shape == tuple(expected.shape), size
+        assert np.abs(masks - expected.numpy()).max() <= 1e-4, size
+
+
+def test_hq_matches_torch_with_external_data(tmp_path, real_image, monkeypatch):
+    spec = REGISTRY["hq_vit_tiny"].with_encoder(depths=(1, 1, 1, 1))  # the graphs do not depend on depth
+    model = finesam.load(spec, random_weights=True)
+    modes = [module.training for module in model.modules()]
+    weights = {key: value.clone() for key, value in model.state_dict().items()}
+    # Weights over the limit go to one external file (ViT-H's path; the limit lowered for a small model).
+    monkeypatch.setattr("finesam.export.onnx_export.EXTERNAL_DATA_BYTES", 100_000)
+    files = export_onnx(model, tmp_path, model_name="hq_small", multimask=False, hq_token_only=True)
+    # The model comes back as it was: same weights, same train/eval modes.
+    assert [module.training for module in model.modules()] == modes
+    assert all(torch.equal(weights[key], value) for key, value in model.state_dict().items())
+    for graph in ("encoder.onnx", "decoder.onnx"):  # the weights live beside the graph
+        assert (tmp_path / graph).stat().st_size < (tmp_path / f"{graph}.data").stat().st_size
+    assert files.interactor is None and read_metadata(files.decoder)["mode"] == {"multimask": False, "hq": "hq_only"}
+    import onnxruntime as ort
+    names = [entry.name for entry in ort.InferenceSession(str(files.decoder), providers=["CPUExecutionProvider"]).get_inputs()]
+    assert names[:2] == ["image_embeddings", "early_features"] and names[-1] == "orig_im_size"  # one early feature only
+
+    reference = finesam.SamPredictor(model)
+    reference.set_image(real_image)
+    predictor = OnnxPredictor(tmp_path)
+    predictor.set_image(real_image)
+    assert (predictor.interm_features[0] - reference.interm_features[0]).abs().max() <= LOGITS_TOL
+    for prompts in (dict(box=BOX), dict(point_coords=np.array([[200, 150]]), point_labels=np.array([1]))):
+        expected = reference.predict(**prompts, multimask_output=False, hq_token_only=True, return_logits=True)
+        assert_close(expected, predictor.predict(**prompts, hq_token_only=True, return_logits=True), f"HQ {sorted(prompts)}")
+    with pytest.raises(InvalidInputError, match="export again"):
+        predictor.predict(box=BOX, hq_output="sum")  # fixed at export
+    with pytest.raises(InvalidInputError, match="export again"):
+        predictor.predict(box=BOX, multimask_output=True)
+
+
+def test_pi_matches_torch_predict_and_correct(tmp_path, real_image):
+    # A one-block, narrow ViT (the graphs do not depend on its size; the HQ fusion takes its width).
+    spec = REGISTRY["pi_vit_b"].with_encoder(depth=1, embed_dim=192, num_heads=3, global_attn_indexes=(0,))
+    model = finesam.load(spec, random_weights=True)
+    randomize_(model.mask_decoder, seed=3, scale=0.05)  # a non-zero interactor output conv: clicks change the mask
+    files = export_onnx(model, tmp_path, model_name="pi_small")
+    assert files.interactor is not None
+    reference = finesam.SamPredictor(model)
+    reference.set_image(real_image)
+    predictor = OnnxPredictor(tmp_path)
+    with pytest.raises(CallOrderError):
+        predictor.predict(box=BOX)
+    predictor.set_image(real_image)
+    for name in ("embedding", "early", "image"):  # the ViT encoder's outputs
+        assert (getattr(predictor.image_features, name) - getattr(reference.image_features, name)).abs().max() <= LOGITS_TOL, name
+    predicted = reference.predict(box=BOX, return_logits=True)
+    assert_close(predicted, predictor.predict(box=BOX, return_logits=True), "Pi predict")
+    clicks = dict(fg_points=np.array([[200, 150]]), bg_points=np.array([[60, 50], [300, 200]]))
+    corrected = reference.correct(**clicks, return_logits=True)
+    assert np.abs(corrected[0] - predicted[0]).max() > 10 * LOGITS_TOL  # the comparison below is not vacuous
+    assert_close(corrected, predictor.correct(**clicks, return_logits=True), "Pi correct")
+    masks, scores, _ = predictor.correct(**clicks)
+    assert masks.dtype == bool and masks.shape == (1, *real_image.shape[:2]) and scores.shape == (1,)
+    with pytest.raises(InvalidInputError, match="box"):
+        predictor.predict(point_coords=np.array([[10, 10]]), point_labels=np.array([1]))  # Pi takes boxes only
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--model", "no_such_model"], "no_such_model"),
+    (["--model", "mobile_sam", "--hq-token-only"], "HQ"),
+    (["--model", "mobile_sam", "--opset", "11"], "opset"),
+    (["--model", "pi_vit_b", "--multimask"], "one mask"),
+    (["--model", "mobile_sam", "--checkpoint", "x.pth"], "--random-weights"),
+])
+def test_bad_options_are_refused_before_loading(tmp_path, capsys, monkeypatch, args, fragment):
+    from finesam.cli import segment
+
+    monkeypatch.setattr(segment, "load", lambda *a, **k: pytest.fail("the model must not load"))
+    out = tmp_path / "out"
+    code = cli.main(["export", "onnx", *args, "--random-weights", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("finesam export: ") and err.count("\n") == 1 and fragment in err, err
+    assert not out.exists()
+
+
+def test_missing_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(InvalidInputError, match="finesam export onnx"):
+        OnnxPredictor(tmp_path / "nothing")
