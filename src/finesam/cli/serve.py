@@ -1,0 +1,83 @@
+"""``finesam serve --model NAME [--images DIR]``: the local browser tool for interactive segmentation.
+
+Starts the app of :mod:`finesam.server.app` under uvicorn (the ``serve`` extra) and prints its URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from ..devices import DEVICE_CHOICES, resolve_device
+from ..errors import InvalidInputError
+from ..loading import load
+from ..modeling.decoder_api import HQ_OUTPUTS
+from ..optional import require
+from ..registry import get_spec, model_names
+
+RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: these masks are meaningless (pipeline check only)"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``serve`` sub-command to an ``argparse`` sub-parsers object."""
+    parser = subparsers.add_parser("serve", help="a local web page to segment objects with a box and clicks")
+    parser.add_argument("--model", default="hq_vit_tiny", metavar="NAME",
+                        help=f"model name (default hq_vit_tiny): {', '.join(model_names())}")
+    parser.add_argument("--checkpoint", help="weights file (default: $FINESAM_CHECKPOINTS or ~/.cache/finesam, else download)")
+    parser.add_argument("--decoder-checkpoint", help="decoder weights file (Pi-SAM models)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="seeded random weights: checks the tool, masks are meaningless")
+    parser.add_argument("--images", metavar="DIR",
+                        help="a folder of images to annotate; annotations are written to DIR/finesam-annotations/ (resumable)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--cache-mb", type=float, default=1024,
+                        help="memory for image features, least recently used dropped first (default 1024 MB)")
+    parser.add_argument("--max-upload-mb", type=float, default=50, help="largest upload accepted (default 50 MB)")
+    parser.add_argument("--hq-output", choices=HQ_OUTPUTS, help="HQ models: the initial output mode (changeable in the page)")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto: CUDA, then MPS, then the CPU)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``finesam serve`` until interrupted; returns the exit code."""
+    if not 0 < args.port < 65536:
+        raise InvalidInputError(f"--port must be 1..65535, got {args.port}")
+    if not args.cache_mb >= 0 or not args.max_upload_mb > 0:
+        raise InvalidInputError(f"--cache-mb must be >= 0 and --max-upload-mb > 0, got {args.cache_mb} and {args.max_upload_mb}")
+    if args.random_weights and args.checkpoint:
+        raise InvalidInputError("--random-weights and --checkpoint exclude each other")
+    require("fastapi", "finesam serve", "serve")  # both refused before the model loads
+    uvicorn = require("uvicorn", "finesam serve", "serve")
+    from ..server.app import create_app, is_loopback
+    from ..server.export import ImageFolder
+
+    if args.images is not None:
+        ImageFolder(args.images)  # refuse a missing folder before loading the model
+    if args.hq_output is not None:
+        with torch.device("meta"):  # the model's declaration, without weights or time
+            modes = get_spec(args.model).build().capabilities.output_modes
+        if args.hq_output not in modes:
+            raise InvalidInputError(f"--hq-output {args.hq_output!r} is not an output mode of {args.model}; "
+                                    f"allowed: {', '.join(modes) or 'none (it is not an HQ model)'}")
+    device = resolve_device(args.device)
+    options = {"decoder_checkpoint": args.decoder_checkpoint} if args.decoder_checkpoint else {}
+    if args.random_weights:
+        print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
+    model = load(args.model, args.checkpoint, random_weights=args.random_weights, device=device, **options)
+    # On loopback, only loopback host names: a web page that rebinds its own name to 127.0.0.1 is refused.
+    # (IPv6 literals are left out: Starlette's check cuts the Host header at the first colon.)
+    hosts = ["127.0.0.1", "localhost", args.host] if is_loopback(args.host) and ":" not in args.host else None
+    app = create_app(model, model_name=args.model, images_dir=args.images, cache_mb=args.cache_mb,
+                     max_upload_mb=args.max_upload_mb, hq_output=args.hq_output, random_weights=args.random_weights,
+                     allowed_hosts=hosts)
+    if not is_loopback(args.host):
+        print(f"WARNING: bound to {args.host}: anyone who can reach this address can use the model and "
+              "read and write the images folder; there is no login. Use --host 127.0.0.1 unless you mean it.",
+              file=sys.stderr)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"finesam serve: {args.model} on http://{shown}:{args.port}/ (Ctrl+C to stop)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

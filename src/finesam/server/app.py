@@ -1,0 +1,349 @@
+"""The FastAPI app of ``finesam serve``: one static page and a JSON API.
+
+Endpoints (``{id}``: an image id of the caller's browser session, from its cookie):
+
+- ``GET /``: the page (``static/index.html``, plain JavaScript and a canvas, no build step, no CDN);
+- ``GET /api/info``: model, capabilities, limits;
+- ``POST /api/images``: upload an image (the raw file as the body, ``?name=``); refused with 413 from
+  its Content-Length, before anything is read, when over ``max_upload_mb``; encodes it;
+- ``GET /api/folder`` / ``POST /api/folder/open`` (``{"path": ...}``): with ``--images DIR``;
+- ``GET /api/images/{id}``: the open image's objects and current object;
+  ``GET /api/images/{id}/pixels``: the image as decoded (EXIF orientation applied);
+- ``POST /api/images/{id}/box`` (``{"box": [x0, y0, x1, y1]}``), ``/click``
+  (``{"x", "y", "positive"}``), ``/undo``, ``/clear``, ``/commit``, ``/hq_output`` (``{"mode"}``);
+  ``DELETE /api/images/{id}/objects/{object_id}``;
+- ``GET /api/images/{id}/export.zip``: instance PNG, one PNG per object, COCO JSON.
+
+Refusals are 4xx JSON answers ``{"detail": message}``: 400 bad input, 404 unknown id, 409 a step
+the state does not allow, 413 too large, 422 malformed JSON or fields; never a traceback.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which name types
+# imported inside create_app (fastapi is an optional extra).
+
+import ipaddress
+import json
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+from ..data.images import ImageReadError, pixel_limit, read_image
+from ..errors import FinesamError, InvalidInputError
+from ..optional import require
+from .cache import FeatureCache
+from .export import ImageFolder, export_zip
+from .sessions import Annotator, BrowserSession, ConflictError, NotFoundError
+
+STATIC = Path(__file__).resolve().parent / "static"
+SESSION_COOKIE = "finesam_session"
+#: Largest body of a JSON request (prompts are a few numbers).
+MAX_JSON_BYTES = 64 * 1024
+logger = logging.getLogger("finesam.server")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class BodyTooLarge(Exception):
+    """A request body over its limit (raised while streaming a body without Content-Length)."""
+
+    def __init__(self, limit: int, upload: bool) -> None:
+        super().__init__(limit)
+        self.limit, self.upload = limit, upload
+
+
+def _too_large_message(limit: int, upload: bool) -> str:
+    if upload:
+        return (f"the upload is larger than the limit of {limit / 1e6:g} MB; "
+                "downscale or recompress the image, or start the server with a larger --max-upload-mb")
+    return f"the request body is larger than {limit} bytes; JSON requests of this API are small"
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a body over its limit with 413, from its Content-Length before any
+    byte is read; a body without Content-Length is counted as it streams."""
+
+    def __init__(self, app, upload_limit: int) -> None:
+        self.app = app
+        self.upload_limit = upload_limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        upload = scope["method"] == "POST" and scope["path"].rstrip("/") == "/api/images"
+        limit = self.upload_limit if upload else MAX_JSON_BYTES
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                return await _send_json(send, 400, "the Content-Length header is not a number")
+            if length > limit:
+                return await _send_json(send, 413, _too_large_message(limit, upload))
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit, upload)
+            return message
+
+        return await self.app(scope, counted_receive, send)
+
+
+async def _send_json(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _status_of(error: FinesamError) -> int:
+    if isinstance(error, NotFoundError):
+        return 404
+    if isinstance(error, ConflictError):
+        return 409
+    if isinstance(error, InvalidInputError):
+        return 400
+    return 409  # e.g. a call-order error: the state does not allow the step
+
+
+def _validation_message(errors) -> str:
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        if error.get("type") == "json_invalid":
+            return f"malformed JSON in the request body: {error.get('ctx', {}).get('error', error.get('msg'))}"
+        if not where and error.get("type") in ("model_attributes_type", "dict_type"):
+            return "the request body must be a JSON object (Content-Type: application/json), e.g. {\"x\": 10, \"y\": 20}"
+        parts.append(f"{where or 'body'}: {error.get('msg')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def create_app(
+    model,
+    *,
+    model_name: str = "",
+    images_dir: str | Path | None = None,
+    cache_mb: float = 1024,
+    max_upload_mb: float = 50,
+    max_pixels: int | None = None,
+    hq_output: str | None = None,
+    random_weights: bool = False,
+    cache: FeatureCache | None = None,
+    allowed_hosts: list[str] | None = None,
+):
+    """The app for ``model`` (a loaded :class:`finesam.Sam`). ``cache_mb`` bounds the image
+    features kept (LRU); ``cache`` instead shares a :class:`FeatureCache` between apps of the
+    same model. ``max_pixels`` defaults to :func:`finesam.data.images.pixel_limit`.
+    ``allowed_hosts``: the Host header values accepted (others get 400), against DNS rebinding:
+    ``finesam serve`` on a loopback address accepts only loopback names."""
+    fastapi = require("fastapi", "finesam serve", "serve")
+    from fastapi import Body, Depends, Request, Response
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from pydantic import BaseModel, ConfigDict, Field
+    from starlette.concurrency import run_in_threadpool
+
+    if cache_mb < 0 or max_upload_mb <= 0:
+        raise InvalidInputError(f"--cache-mb must be >= 0 and --max-upload-mb > 0, got {cache_mb} and {max_upload_mb}")
+    caps = model.capabilities
+    if hq_output is not None and hq_output not in caps.output_modes:
+        allowed = ", ".join(caps.output_modes) or "none (it is not an HQ model)"
+        raise InvalidInputError(f"--hq-output {hq_output!r} is not an output mode of {model_name or 'this model'}; allowed: {allowed}")
+    max_pixels = pixel_limit(max_pixels)
+    folder = ImageFolder(images_dir) if images_dir is not None else None
+    annotator = Annotator(model, cache if cache is not None else FeatureCache(int(cache_mb * 1e6)), hq_output)
+    upload_limit = int(max_upload_mb * 1e6)
+
+    class Strict(BaseModel):
+        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    class BoxBody(Strict):
+        box: list[float] = Field(min_length=4, max_length=4)
+
+    class ClickBody(Strict):
+        x: float
+        y: float
+        positive: bool = True
+
+    class OpenBody(Strict):
+        path: str = Field(min_length=1, max_length=4096)
+
+    class ModeBody(Strict):
+        mode: str | None = None
+
+    app = fastapi.FastAPI(title="finesam serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.annotator = annotator
+    app.state.folder = folder
+    app.add_middleware(BodyLimit, upload_limit=upload_limit)
+    if allowed_hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+
+    @app.exception_handler(FinesamError)
+    async def refused(request: Request, error: FinesamError):
+        return JSONResponse({"detail": " ".join(str(error).split())}, status_code=_status_of(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, error: RequestValidationError):
+        return JSONResponse({"detail": _validation_message(error.errors())}, status_code=422)
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, error: BodyTooLarge):
+        return JSONResponse({"detail": _too_large_message(error.limit, error.upload)}, status_code=413)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):  # a bug: logged here, no traceback to the page
+        logger.exception("finesam serve: unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(error).__name__}); see the server's log"}, status_code=500)
+
+    def browser(request: Request, response: Response) -> BrowserSession:
+        session = annotator.session(request.cookies.get(SESSION_COOKIE))
+        if request.cookies.get(SESSION_COOKIE) != session.id:
+            response.set_cookie(SESSION_COOKIE, session.id, httponly=True, samesite="strict", path="/")
+        return session
+
+    def step_answer(opened, timing: dict) -> dict:
+        return {"current": opened.current(), **{k: round(v, 1) if isinstance(v, float) else v for k, v in timing.items()}}
+
+    def opened_answer(opened, timing: dict) -> dict:
+        return {**opened.describe(), "encode_ms": round(timing["encode_ms"], 1), "cached": timing["cached"]}
+
+    def autosave(opened) -> str | None:
+        if folder is not None and opened.relative_path is not None:
+            return str(folder.save(opened))
+        return None
+
+    # --- page ------------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/info")
+    def info(session: BrowserSession = Depends(browser)):
+        return {
+            "model": model_name, "random_weights": random_weights, "corrects_clicks": caps.corrects_clicks,
+            "prompts": sorted(caps.prompts), "output_modes": list(caps.output_modes), "hq_output": hq_output,
+            "folder": str(folder.root) if folder else None, "max_upload_mb": max_upload_mb, "max_pixels": max_pixels,
+            "cache_mb": cache_mb, "open_images": list(session.images),
+        }
+
+    # --- images ----------------------------------------------------------------------------------
+    @app.post("/api/images")
+    async def upload(request: Request, name: str = "upload", session: BrowserSession = Depends(browser)):
+        body = await request.body()
+        if not body:
+            raise InvalidInputError("the upload is empty: send the image file as the request body")
+
+        def open_upload():
+            with tempfile.TemporaryDirectory(prefix="finesam-upload-") as temporary:
+                path = Path(temporary) / "upload"
+                path.write_bytes(body)
+                try:
+                    image = read_image(path, max_pixels=max_pixels)
+                except ImageReadError as error:  # name the upload, not the temporary file
+                    raise ImageReadError(str(error).replace(repr(str(path)), repr(name))) from error
+            return annotator.open_image(session, image, Path(name).name or "upload")
+
+        opened, timing = await run_in_threadpool(open_upload)
+        return opened_answer(opened, timing)
+
+    def require_folder() -> ImageFolder:
+        if folder is None:
+            raise NotFoundError("no images folder: start the server with --images DIR to annotate a folder")
+        return folder
+
+    @app.get("/api/folder")
+    def list_folder(session: BrowserSession = Depends(browser)):
+        images_folder = require_folder()
+        return {"root": str(images_folder.root), "images": images_folder.list_images()}
+
+    @app.post("/api/folder/open")
+    def open_from_folder(body: OpenBody, session: BrowserSession = Depends(browser)):
+        images_folder = require_folder()
+        path = images_folder.resolve(body.path)
+        relative = path.relative_to(images_folder.root).as_posix()
+        image = read_image(path, max_pixels=max_pixels)
+        objects = images_folder.load_objects(relative, *image.shape[:2])
+        opened, timing = annotator.open_image(session, image, path.name, relative, objects)
+        return opened_answer(opened, timing)
+
+    @app.get("/api/images/{image_id}")
+    def describe(image_id: str, session: BrowserSession = Depends(browser)):
+        with session.lock:
+            return session.image(image_id).describe()
+
+    @app.get("/api/images/{image_id}/pixels")
+    def pixels(image_id: str, session: BrowserSession = Depends(browser)):
+        import io
+
+        from PIL import Image
+
+        with session.lock:
+            image = session.image(image_id).image
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+        return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    # --- prompts ---------------------------------------------------------------------------------
+    @app.post("/api/images/{image_id}/box")
+    def box(image_id: str, body: BoxBody, session: BrowserSession = Depends(browser)):
+        return step_answer(*annotator.set_box(session, image_id, body.box))
+
+    @app.post("/api/images/{image_id}/click")
+    def click(image_id: str, body: ClickBody, session: BrowserSession = Depends(browser)):
+        return step_answer(*annotator.add_click(session, image_id, body.x, body.y, body.positive))
+
+    @app.post("/api/images/{image_id}/undo")
+    def undo(image_id: str, session: BrowserSession = Depends(browser)):
+        return step_answer(*annotator.undo(session, image_id))
+
+    @app.post("/api/images/{image_id}/clear")
+    def clear(image_id: str, session: BrowserSession = Depends(browser)):
+        return step_answer(*annotator.clear(session, image_id))
+
+    @app.post("/api/images/{image_id}/commit")
+    def commit(image_id: str, session: BrowserSession = Depends(browser)):
+        opened, timing = annotator.commit(session, image_id)
+        return {**step_answer(opened, timing), "object": opened.objects[-1].describe(), "saved_to": autosave(opened)}
+
+    @app.delete("/api/images/{image_id}/objects/{object_id}")
+    def delete_object(image_id: str, object_id: int, session: BrowserSession = Depends(browser)):
+        opened = annotator.delete_object(session, image_id, object_id)
+        return {"deleted": object_id, "objects": [o.id for o in opened.objects], "saved_to": autosave(opened)}
+
+    @app.post("/api/images/{image_id}/hq_output")
+    def set_hq_output(image_id: str, body: ModeBody = Body(...), session: BrowserSession = Depends(browser)):
+        annotator.set_hq_output(session, image_id, body.mode)
+        return {"hq_output": body.mode}
+
+    @app.get("/api/images/{image_id}/export.zip")
+    def export(image_id: str, session: BrowserSession = Depends(browser)):
+        with session.lock:
+            opened = session.image(image_id)
+            content = export_zip(opened)
+            saved = autosave(opened)
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(opened.name).stem) or "image"  # a header is latin-1, unquoted
+        headers = {"Content-Disposition": f'attachment; filename="{stem}-finesam.zip"'}
+        if saved:
+            headers["X-Saved"] = "1"
+        return Response(content, media_type="application/zip", headers=headers)
+
+    return app

@@ -1,0 +1,316 @@
+"""What the web tool keeps per browser session: open images, their objects, the object being drawn.
+
+Framework-free: every method raises a :class:`~finesam.errors.FinesamError` on bad input (the
+app maps them to 4xx answers). Interaction goes through
+:class:`~finesam.predict.interactive.InteractiveSession`, one per open image; the image features
+come from the shared :class:`~finesam.server.cache.FeatureCache`, so a click never runs the encoder.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..data.images import PALETTE
+from ..errors import InvalidInputError, NothingToUndoError
+from ..predict.interactive import InteractiveSession
+from ..predict.predictor import SamPredictor
+from .cache import FeatureCache, image_key
+
+#: Images one browser session keeps open; opening one more closes the least recently used.
+MAX_IMAGES_PER_SESSION = 8
+#: Browser sessions kept; a new one drops the least recently active.
+MAX_SESSIONS = 256
+
+
+class NotFoundError(InvalidInputError):
+    """An image or object id that this browser session does not have (HTTP 404)."""
+
+
+class ConflictError(InvalidInputError):
+    """A step that the current state does not allow, e.g. committing before any prompt (HTTP 409)."""
+
+
+class OutputModePredictor(SamPredictor):
+    """A :class:`SamPredictor` whose ``predict`` uses the HQ output mode chosen in the page
+    (``hq_output``; None: the model's default), so that :class:`InteractiveSession` honours it."""
+
+    hq_output: str | None = None
+
+    def predict(self, *args, **kwargs):
+        if self.hq_output is not None and kwargs.get("hq_output") is None and kwargs.get("hq_token_only") is None:
+            kwargs["hq_output"] = self.hq_output
+        return super().predict(*args, **kwargs)
+
+
+def mask_runs(mask: np.ndarray) -> list[int]:
+    """Row-major run lengths of an (H, W) bool mask, starting with a (possibly empty) background run:
+    what the page draws (cheaper to send and to decode in JavaScript than a PNG)."""
+    flat = np.asarray(mask, dtype=bool).reshape(-1)
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return runs if not flat[0] else [0] + runs
+
+
+def colour_of(object_id: int) -> list[int]:
+    """The overlay colour of an object (the palette of :func:`finesam.data.images.overlay`)."""
+    return [int(v) for v in PALETTE[(object_id - 1) % len(PALETTE)]]
+
+
+@dataclass
+class AnnotatedObject:
+    """A committed object: mask (H, W) bool, the model's score, the prompts that made it."""
+
+    id: int
+    mask: np.ndarray
+    score: float
+    box: list[float] | None
+    clicks: list[list[float]]
+
+    def describe(self) -> dict:
+        return {"id": self.id, "score": self.score, "area": int(self.mask.sum()), "colour": colour_of(self.id),
+                "box": self.box, "clicks": self.clicks, "mask": mask_runs(self.mask)}
+
+
+@dataclass
+class OpenImage:
+    """One image open in a browser session."""
+
+    id: str
+    name: str
+    image: np.ndarray
+    key: str
+    predictor: OutputModePredictor
+    relative_path: str | None = None  # inside --images DIR
+    objects: list[AnnotatedObject] = field(default_factory=list)
+    next_object_id: int = 1
+    session: InteractiveSession = field(init=False)
+    _saved_correction: object = None
+
+    def __post_init__(self) -> None:
+        self.session = InteractiveSession(self.predictor)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    def find(self, object_id: int) -> AnnotatedObject:
+        for annotated in self.objects:
+            if annotated.id == object_id:
+                return annotated
+        raise NotFoundError(f"object {object_id} does not exist in image {self.name!r} (it may have been deleted)")
+
+    def current(self) -> dict:
+        """The object being drawn: its prompts, mask (run lengths), score, and whether undo can act."""
+        session = self.session
+        result = session.result
+        return {
+            "box": list(session.box) if session.box is not None else None,
+            "clicks": [[x, y, int(positive)] for x, y, positive in session.clicks],
+            "mask": mask_runs(result.mask) if result is not None else None,
+            "score": result.score if result is not None else None,
+            "can_undo": session.box is not None or bool(session.clicks),  # every step adds a box or a click
+            "colour": colour_of(self.next_object_id),
+        }
+
+    def describe(self) -> dict:
+        return {"id": self.id, "name": self.name, "width": self.width, "height": self.height,
+                "path": self.relative_path, "objects": [o.describe() for o in self.objects], "current": self.current()}
+
+
+@dataclass
+class BrowserSession:
+    id: str
+    images: OrderedDict[str, OpenImage] = field(default_factory=OrderedDict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    active: str | None = None
+    hq_output: str | None = None  # the HQ output mode chosen in the page, for every image
+    last_seen: float = field(default_factory=time.monotonic)
+
+    def image(self, image_id: str) -> OpenImage:
+        opened = self.images.get(image_id)
+        if opened is None:
+            raise NotFoundError(f"image id {image_id!r} is not open in this browser session; open the image again")
+        self.images.move_to_end(image_id)
+        return opened
+
+
+class Annotator:
+    """The model, the feature cache and every browser session: what the HTTP endpoints call.
+
+    Every model computation runs on one worker thread (:meth:`compute`), one at a time: the CPU
+    threads are shared anyway, a predictor is not thread-safe, and memory freed by the encoder is
+    reused by the next encoding instead of piling up in each request thread's allocator arena.
+    """
+
+    def __init__(self, model, cache: FeatureCache, hq_output: str | None = None) -> None:
+        self.model = model
+        self.cache = cache
+        self.capabilities = model.capabilities
+        self.default_hq_output = hq_output
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finesam-model")
+        self._sessions: OrderedDict[str, BrowserSession] = OrderedDict()
+        self._sessions_lock = threading.Lock()
+        self.encoder_runs = 0
+
+    def compute(self, function: Callable, *args):
+        """Run ``function(*args)`` on the model's worker thread and return its result (or raise its error)."""
+        return self._worker.submit(function, *args).result()
+
+    # --- sessions --------------------------------------------------------------------------------
+    def session(self, session_id: str | None) -> BrowserSession:
+        """The session of a cookie value, created when unknown or missing."""
+        with self._sessions_lock:
+            session = self._sessions.get(session_id) if session_id else None
+            if session is None:
+                session = BrowserSession(secrets.token_urlsafe(24), hq_output=self.default_hq_output)
+                self._sessions[session.id] = session
+                while len(self._sessions) > MAX_SESSIONS:
+                    self._sessions.popitem(last=False)
+            self._sessions.move_to_end(session.id)
+            session.last_seen = time.monotonic()
+            return session
+
+    # --- images ----------------------------------------------------------------------------------
+    def open_image(self, browser: BrowserSession, image: np.ndarray, name: str, relative_path: str | None = None,
+                   objects: list[AnnotatedObject] | None = None) -> tuple[OpenImage, dict]:
+        """Open an (H, W, 3) uint8 image in ``browser`` and encode it now (or take its cached
+        features). Returns the open image and timing: ``encode_ms``, ``cached``."""
+        predictor = OutputModePredictor(self.model, keep_early_feature=False)
+        opened = OpenImage(secrets.token_urlsafe(12), name, image, image_key(image), predictor, relative_path)
+        if objects:
+            opened.objects = objects
+            opened.next_object_id = max(o.id for o in objects) + 1
+        with browser.lock:
+            timing = self._activate(browser, opened)
+            browser.images[opened.id] = opened
+            while len(browser.images) > MAX_IMAGES_PER_SESSION:
+                browser.images.popitem(last=False)
+        return opened, timing
+
+    def _encode(self, image: np.ndarray) -> Callable:
+        def encode_now():
+            encoder = SamPredictor(self.model, keep_early_feature=False)
+            encoder.set_image(image)
+            self.encoder_runs += 1
+            return encoder.image_features
+        return lambda: self.compute(encode_now)
+
+    def _activate(self, browser: BrowserSession, opened: OpenImage) -> dict:
+        """Give ``opened``'s predictor its features (from the cache, encoding if needed) and take
+        them from the session's previously active image, so that only the cache holds features
+        of images nobody is working on."""
+        if browser.active != opened.id:
+            previous = browser.images.get(browser.active) if browser.active else None
+            if previous is not None and previous.predictor.is_image_set:
+                previous._saved_correction = previous.predictor.correction_state
+                previous.predictor.reset_image()
+            browser.active = opened.id
+        if opened.predictor.is_image_set:
+            return {"encode_ms": 0.0, "cached": True}
+        entry, cached = self.cache.get_or_encode(opened.key, self._encode(opened.image))
+        opened.predictor.set_features(entry.features, opened.image.shape[:2])
+        opened.predictor.correction_state = opened._saved_correction
+        return {"encode_ms": 0.0 if cached else entry.encode_ms, "cached": cached}
+
+    def _step(self, browser: BrowserSession, image_id: str, action: Callable[[OpenImage], object]) -> tuple[OpenImage, dict]:
+        with browser.lock:
+            opened = browser.image(image_id)
+            timing = self._activate(browser, opened)
+            opened.predictor.hq_output = browser.hq_output
+            queued = time.perf_counter()
+
+            def timed() -> float:
+                start = time.perf_counter()
+                action(opened)
+                return start
+
+            start = self.compute(timed)
+            timing["latency_ms"] = (time.perf_counter() - start) * 1000  # the model's step, without the wait
+            timing["queue_ms"] = (start - queued) * 1000  # waiting for other sessions' steps
+            return opened, timing
+
+    # --- prompts ---------------------------------------------------------------------------------
+    def _check_inside(self, opened: OpenImage, what: str, xs: list[float], ys: list[float], closed: bool) -> None:
+        """Refuse coordinates that are not finite or outside the image: [0, W) x [0, H) for clicks,
+        [0, W] x [0, H] for box edges (``closed``)."""
+        for x, y in zip(xs, ys):
+            if not (math.isfinite(x) and math.isfinite(y)):
+                raise InvalidInputError(f"{what} ({x}, {y}) is not a finite pixel position")
+            inside_x = 0 <= x <= opened.width if closed else 0 <= x < opened.width
+            inside_y = 0 <= y <= opened.height if closed else 0 <= y < opened.height
+            if not (inside_x and inside_y):
+                raise InvalidInputError(f"{what} ({x:g}, {y:g}) lies outside the {opened.width}x{opened.height} image "
+                                        f"of {opened.name!r}; positions are pixels, 0 <= x < {opened.width}, 0 <= y < {opened.height}")
+
+    def set_box(self, browser: BrowserSession, image_id: str, box: list[float]) -> tuple[OpenImage, dict]:
+        def action(opened: OpenImage) -> None:
+            if len(box) != 4:
+                raise InvalidInputError(f"box must be 4 numbers [x0, y0, x1, y1], got {len(box)}")
+            self._check_inside(opened, "box corner", box[0::2], box[1::2], closed=True)
+            x0, y0, x1, y1 = box
+            opened.session.set_box([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)])
+        return self._step(browser, image_id, action)
+
+    def add_click(self, browser: BrowserSession, image_id: str, x: float, y: float, positive: bool) -> tuple[OpenImage, dict]:
+        def action(opened: OpenImage) -> None:
+            self._check_inside(opened, "click", [x], [y], closed=False)
+            if self.capabilities.corrects_clicks and opened.session.box is None:
+                raise ConflictError("this model corrects the mask of a box (Pi-SAM): draw a box around the object first, "
+                                    "then click on wrongly predicted areas")
+            opened.session.add_click(x, y, positive=positive)
+        return self._step(browser, image_id, action)
+
+    def undo(self, browser: BrowserSession, image_id: str) -> tuple[OpenImage, dict]:
+        def action(opened: OpenImage) -> None:
+            try:
+                opened.session.undo()
+            except NothingToUndoError as error:
+                raise ConflictError("nothing to undo for the current object") from error
+        return self._step(browser, image_id, action)
+
+    def clear(self, browser: BrowserSession, image_id: str) -> tuple[OpenImage, dict]:
+        return self._step(browser, image_id, lambda opened: opened.session.reset())
+
+    def commit(self, browser: BrowserSession, image_id: str) -> tuple[OpenImage, dict]:
+        """Keep the current object (its mask, score, prompts) and start the next one."""
+        def action(opened: OpenImage) -> None:
+            session = opened.session
+            if session.result is None:
+                raise ConflictError("nothing to commit: draw a box or click on the object first")
+            opened.objects.append(AnnotatedObject(
+                opened.next_object_id, session.result.mask.copy(), session.result.score,
+                list(session.box) if session.box is not None else None,
+                [[x, y, int(positive)] for x, y, positive in session.clicks]))
+            opened.next_object_id += 1
+            session.reset()
+        return self._step(browser, image_id, action)
+
+    def delete_object(self, browser: BrowserSession, image_id: str, object_id: int) -> OpenImage:
+        with browser.lock:
+            opened = browser.image(image_id)
+            opened.objects.remove(opened.find(object_id))
+            return opened
+
+    def set_hq_output(self, browser: BrowserSession, image_id: str, mode: str | None) -> OpenImage:
+        """Choose the HQ output mode of the session's following steps, on every image (HQ models)."""
+        if mode is not None and mode not in self.capabilities.output_modes:
+            allowed = ", ".join(self.capabilities.output_modes) or "none: this model has no HQ output modes"
+            raise InvalidInputError(f"hq_output {mode!r} is not an output mode of this model; allowed: {allowed}")
+        with browser.lock:
+            opened = browser.image(image_id)
+            browser.hq_output = mode
+            return opened
