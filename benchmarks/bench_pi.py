@@ -1,11 +1,14 @@
-"""Pi-SAM cost per click: one `predict` and one `correct` with a cached embedding for pi_vit_b,
-beside one `predict` of sam_vit_b and hq_vit_b, in the same run, and the share of the Object
+"""Pi-SAM cost per click on a large photograph: one `predict` and one `correct` with a cached
+embedding for pi_vit_b, beside one `predict` of sam_vit_b and hq_vit_b, interleaved in the same
+run, the whole pipeline (set_image + predict) of Pi vs SAM, and the share of the Object
 Embedder's deformable branches (3x3 and 7x7) in a Pi predict.
 
-    python benchmarks/bench_pi.py [--repeats 5]
+    python benchmarks/bench_pi.py [--image PHOTO] [--repeats 5]
 
-Random weights (timings do not depend on the values); the interactor's output conv is made
-non-zero so that a correction does its full work.
+Default image: the DIS5K pavilion (2748x2658) from ../shared/data. Random weights (timings do
+not depend on the values); the interactor's output conv is made non-zero so that a correction
+does its full work. Calls are interleaved (sam, hq, pi, pi correct, sam, ...) so that a machine
+whose load changes during the run treats them alike.
 """
 
 from __future__ import annotations
@@ -15,26 +18,32 @@ import os
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
 import finesam
+from finesam.data.images import read_image
 
-BOX = np.array([60, 50, 320, 260])
+DEFAULT_IMAGE = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dis5k_samples" / "im"
+                 / "4#Architecture#10#Pavilion#5795028920_08884db993_o.jpg")
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved(calls: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each named call, run round-robin ``repeats`` times after one warm-up."""
+    for fn in calls.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
-def branch_share(predictor, repeats: int) -> dict[str, float]:
+def branch_share(predictor, box: np.ndarray, repeats: int) -> dict[str, float]:
     """Seconds spent in each deformable branch during one Pi predict (forward hooks)."""
     embedder = predictor.model.mask_decoder.high_res.mask_aspp
     spent = {"aspp1 (3x3)": [], "aspp2 (7x7)": [], "object embedder": []}
@@ -54,7 +63,7 @@ def branch_share(predictor, repeats: int) -> dict[str, float]:
         pre, post = timer(name)
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
     for _ in range(repeats):
-        predictor.predict(box=BOX)
+        predictor.predict(box=box, multimask_output=False)
     for handle in handles:
         handle.remove()
     return {name: statistics.median(values) for name, values in spent.items()}
@@ -62,33 +71,52 @@ def branch_share(predictor, repeats: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(os.cpu_count() or 1)
-    image = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads; image 400x300; median of {args.repeats}")
-    rows = []
+    if not args.image.is_file():
+        raise SystemExit(f"{args.image} not found: pass --image PHOTO (the default lives in ../shared/data)")
+    image = read_image(args.image)
+    height, width = image.shape[:2]
+    box = np.array([0.2 * width, 0.2 * height, 0.8 * width, 0.8 * height])
+    clicks = dict(fg_points=np.array([[0.5 * width, 0.5 * height], [0.4 * width, 0.6 * height]]),
+                  bg_points=np.array([[0.25 * width, 0.25 * height]]))
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads; image {args.image.name} {width}x{height}; "
+          f"medians of {args.repeats} interleaved runs")
+    predictors = {}
     for name in ("sam_vit_b", "hq_vit_b", "pi_vit_b"):
         torch.manual_seed(0)
-        predictor = finesam.SamPredictor(finesam.load(name, random_weights=True))
-        predictor.set_image(image)
-        rows.append((name, "predict", median_time(lambda: predictor.predict(box=BOX, multimask_output=False), args.repeats)))
-        if predictor.capabilities.corrects_clicks:
-            with torch.no_grad():
-                predictor.model.mask_decoder.interactor.out_cov.weight.normal_(0, 0.05)
-            predictor.predict(box=BOX)
-            clicks = dict(fg_points=np.array([[150, 120], [200, 100]]), bg_points=np.array([[70, 60]]))
-            rows.append((name, "correct (3 clicks)", median_time(lambda: predictor.correct(**clicks), args.repeats)))
-            shares = branch_share(predictor, args.repeats)
-    base = rows[0][2]
-    print(f"{'model':<10} {'call':<20} {'ms':>8} {'x sam_vit_b predict':>20}")
-    for name, call, seconds in rows:
-        print(f"{name:<10} {call:<20} {1000 * seconds:>8.1f} {seconds / base:>20.2f}")
-    pi_predict = next(s for n, c, s in rows if n == "pi_vit_b" and c == "predict")
+        predictors[name] = finesam.SamPredictor(finesam.load(name, random_weights=True))
+    with torch.no_grad():
+        predictors["pi_vit_b"].model.mask_decoder.interactor.out_cov.weight.normal_(0, 0.05)
+    set_times = interleaved({name: (lambda p=p: p.set_image(image)) for name, p in predictors.items()}, 1)
+    pi = predictors["pi_vit_b"]
+
+    def pi_correct():
+        pi.predict(box=box, multimask_output=False)  # untimed: correct() refines the last prediction
+        start = time.perf_counter()
+        pi.correct(**clicks)
+        return time.perf_counter() - start
+
+    calls = {name: (lambda p=p: p.predict(box=box, multimask_output=False)) for name, p in predictors.items()}
+    times = interleaved(calls, args.repeats)
+    correct_times = [pi_correct() for _ in range(args.repeats)]
+    times["pi_vit_b correct"] = statistics.median(correct_times)
+    base = times["sam_vit_b"]
+    print(f"| {'what':<44} | {'ms':>8} | {'x SAM ViT-B predict':>19} |")
+    print(f"|{'-' * 46}|{'-' * 10}|{'-' * 21}|")
+    for what, key in (("SAM ViT-B predict", "sam_vit_b"), ("HQ ViT-B predict", "hq_vit_b"), ("Pi-SAM predict", "pi_vit_b"),
+                      ("Pi-SAM correct (3 clicks)", "pi_vit_b correct")):
+        print(f"| {what:<44} | {1000 * times[key]:>8.1f} | {times[key] / base:>18.2f}x |")
+    for name in ("hq_vit_b", "pi_vit_b"):
+        ratio = (set_times[name] + times[name]) / (set_times["sam_vit_b"] + base)
+        print(f"| {name} whole pipeline / SAM ViT-B (set_image {set_times[name]:.1f} s) | {'':>8} | {ratio:>18.2f}x |")
+    shares = branch_share(pi, box, args.repeats)
     print("Pi predict breakdown (forward hooks):")
     for name, seconds in shares.items():
-        print(f"  {name:<16} {1000 * seconds:>8.1f} ms  {100 * seconds / pi_predict:>5.1f}% of a Pi predict")
+        print(f"  {name:<16} {1000 * seconds:>8.1f} ms  {100 * seconds / times['pi_vit_b']:>5.1f}% of a Pi predict")
 
 
 if __name__ == "__main__":

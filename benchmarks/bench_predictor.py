@@ -1,32 +1,42 @@
-"""Predictor speed and memory: finesam vs the official packages, in the same run.
+"""Predictor speed on a large photograph: finesam vs the official packages, interleaved in one run.
 
-    python benchmarks/bench_predictor.py [--models sam_vit_b,mobile_sam,hq_vit_b,hq_vit_tiny] [--repeats 3] [--bf16]
+    python benchmarks/bench_predictor.py [--image PHOTO] [--repeats 3] [--no-amg] [--no-memory]
 
-Every (model, implementation) runs in a fresh process, so that peak memory (max RSS) is its own.
-Both implementations use the same seeded random weights (saved in the official format and loaded
-by ``finesam.load``). Prints the median time of ``set_image`` and of one ``predict`` with a cached
-embedding (box prompt, single mask), the first ``predict`` after ``set_image`` (finesam's HQ models
-fuse the image features there, once per image), their ratios (official / ours: > 1 means we are faster), and
-the HQ overhead over SAM on the same backbone. ``--bf16`` adds our encoder in bfloat16 with its
-error against float32.
+Default image: the DIS5K pavilion (2748x2658) from ../shared/data. Both implementations use
+the same seeded random weights (the official model's, saved in the official format and loaded
+by ``finesam.load``). Calls are interleaved (official, ours, official, ours, ...) so that a
+machine whose load changes during the run treats both alike; the ratio column is official
+time / ours (> 1: finesam is faster). Rows (the performance issue's table):
+
+- ``set_image`` of ViT-B in float32 and (ours) bfloat16, with the bfloat16 masks' agreement
+  with float32; TinyViT (MobileSAM) ``set_image``;
+- one ``predict`` with a cached embedding (box prompt, single mask) for MobileSAM and HQ-tiny
+  (and the ViT-B models);
+- HQ over SAM (ours, ViT-B): per prompt and whole pipeline (``set_image`` + ``predict``);
+- automatic masks, HQ-tiny, ``points_per_side=16``, the photo resized to 1800x1200, IoU and
+  stability thresholds 0 (random weights leave masks to post-process), one run each;
+- peak memory (max RSS) of ``set_image`` + ``predict`` on the photo, each in a fresh process
+  (``bench_memory.run_case``).
+
+Pi-SAM's rows are in ``bench_pi.py``; the 8000x6000 memory benchmark is ``bench_memory.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
+import importlib
 import os
-import resource
 import statistics
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from queue import Empty
 
 import numpy as np
 
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_IMAGE = DATA / "dis5k_samples" / "im" / "4#Architecture#10#Pavilion#5795028920_08884db993_o.jpg"
 OFFICIAL = {
     # finesam name: (package, registry, key) for the official model with the same architecture
     "sam_vit_b": ("segment_anything", "sam_model_registry", "vit_b"),
@@ -35,130 +45,181 @@ OFFICIAL = {
     "hq_vit_b": ("segment_anything_hq", "sam_model_registry", "vit_b"),
     "hq_vit_tiny": ("segment_anything_hq", "sam_model_registry", "vit_tiny"),
 }
-BOX = np.array([60, 50, 320, 260])
-
-
-def load_image() -> np.ndarray:
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ecssd" / "im" / "0001.jpg"
-    if path.is_file():
-        from PIL import Image
-
-        return np.asarray(Image.open(path).convert("RGB"))
-    return np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
 
 
 def official_model(name: str):
-    import importlib
-
     import torch
 
     module_name, registry, key = OFFICIAL[name]
     torch.manual_seed(0)
-    model = getattr(importlib.import_module(module_name), registry)[key]()
-    return model.eval()
+    return getattr(importlib.import_module(module_name), registry)[key]().eval()
 
 
-def measure(name: str, impl: str, checkpoint: str, repeats: int, queue) -> None:
-    """Runs in a child process; puts timings, peak RSS and the box logits on ``queue``."""
-    warnings.filterwarnings("ignore")
+def official_predictor(name: str):
+    """(official predictor with seeded random weights, extra predict kwargs)."""
+    module_name = OFFICIAL[name][0]
+    predictor = importlib.import_module(module_name).SamPredictor(official_model(name))
+    return predictor, ({"hq_token_only": False} if module_name == "segment_anything_hq" else {})
+
+
+def load_photo(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as photo:
+        photo = photo.convert("RGB")
+        return np.asarray(photo.resize(size, Image.BICUBIC) if size else photo)
+
+
+def box_for(image: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
+    return np.array([0.2 * width, 0.2 * height, 0.8 * width, 0.8 * height])
+
+
+def interleaved(calls: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each named call, run round-robin ``repeats`` times after one warm-up."""
+    for fn in calls.values():
+        fn()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def build_group(names: list[str], bf16: str | None, folder: str) -> dict:
+    """{(name, impl): (predictor, predict kwargs)} with shared weights per name."""
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if impl == "official":
-        model = official_model(name)
-        model.load_state_dict(torch.load(checkpoint, weights_only=True))
-        model.eval()  # refresh TinyViT's bias cache after loading, as the official README does
-        module = __import__(OFFICIAL[name][0])
-        predictor = module.SamPredictor(model)
-        extra = {"hq_token_only": False} if OFFICIAL[name][0] == "segment_anything_hq" else {}
-    else:
-        import finesam
+    import finesam
 
-        dtype = torch.bfloat16 if impl == "ours-bf16" else torch.float32
-        predictor = finesam.SamPredictor(finesam.load(name, checkpoint, dtype=dtype))
-        extra = {}
-    image = load_image()
-    loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    predictor.set_image(image)  # warm-up
-    set_times = []
-    for _ in range(repeats):
+    group = {}
+    for name in names:
+        official, extra = official_predictor(name)
+        path = os.path.join(folder, f"{name}.pth")
+        torch.save(official.model.state_dict(), path)
+        group[(name, "official")] = (official, extra)
+        group[(name, "ours")] = (finesam.SamPredictor(finesam.load(name, path)), {})
+        if name == bf16:
+            group[(name, "ours-bf16")] = (finesam.SamPredictor(finesam.load(name, path, dtype=torch.bfloat16)), {})
+        os.remove(path)
+    return group
+
+
+def time_group(group: dict, image: np.ndarray, repeats: int) -> dict:
+    box = box_for(image)
+    set_times = interleaved({key: (lambda p=p: p.set_image(image)) for key, (p, _) in group.items()}, repeats)
+    predict_times = interleaved(
+        {key: (lambda p=p, e=e: p.predict(box=box, multimask_output=False, **e)) for key, (p, e) in group.items()},
+        5 * repeats,
+    )
+    masks = {key: p.predict(box=box, multimask_output=False, **e)[0] for key, (p, e) in group.items()}
+    return {key: {"set_image": set_times[key], "predict": predict_times[key], "masks": masks[key]} for key in group}
+
+
+def amg_row(image: np.ndarray) -> dict[str, float]:
+    """Seconds of one automatic-mask run, official then ours, HQ-tiny, points_per_side=16."""
+    import torch
+
+    import finesam
+    from segment_anything_hq import SamAutomaticMaskGenerator
+
+    settings = dict(points_per_side=16, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    with tempfile.TemporaryDirectory() as folder:
+        official = official_model("hq_vit_tiny")
+        path = os.path.join(folder, "hq_vit_tiny.pth")
+        torch.save(official.state_dict(), path)
+        ours = finesam.AutomaticMaskGenerator(finesam.load("hq_vit_tiny", path), hq_token_only=False, **settings)
+    theirs = SamAutomaticMaskGenerator(official, **settings)
+    result = {}
+    for impl, generator in (("official", theirs), ("ours", ours)):
         start = time.perf_counter()
-        predictor.set_image(image)
-        set_times.append(time.perf_counter() - start)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    predict_times = []
-    for _ in range(3 + 10 * repeats):
-        start = time.perf_counter()
-        _, _, low = predictor.predict(box=BOX, multimask_output=False, **extra)
-        predict_times.append(time.perf_counter() - start)
-    queue.put({
-        "set_image": statistics.median(set_times),
-        "predict": statistics.median(predict_times[3:]),
-        "first_predict": predict_times[0],  # pays image-only decoder work (HQ fusion) once
-        "model_mb": (loaded_rss - baseline_rss) / 1024,
-        "peak_mb": peak_rss / 1024,
-        "set_image_mb": (peak_rss - loaded_rss) / 1024,
-        "low_res": low,
-    })
-
-
-def run(name: str, impl: str, checkpoint: str, repeats: int) -> dict:
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=measure, args=(name, impl, checkpoint, repeats, queue))
-    process.start()
-    while True:  # a child that died (e.g. a refused checkpoint) must not hang the benchmark
-        try:
-            result = queue.get(timeout=5)
-            break
-        except Empty:
-            if not process.is_alive():
-                raise SystemExit(f"{impl} {name}: the benchmark process failed (exit code {process.exitcode}), see above")
-    process.join()
+        with torch.no_grad():
+            found = generator.generate(image)
+        result[impl] = time.perf_counter() - start
+        result[impl + "_masks"] = len(found)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="sam_vit_b,mobile_sam,hq_vit_b,hq_vit_tiny")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--bf16", action="store_true", help="also time our encoder in bfloat16")
+    parser.add_argument("--no-amg", action="store_true", help="skip the automatic-mask row (the slowest)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--groups", default="vit_b,tiny", help="vit_b (SAM, HQ, bf16) and/or tiny (MobileSAM, HQ-tiny)")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore")
     import torch
 
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads, {sys.platform}")
-    results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            warnings.filterwarnings("ignore")
-            checkpoint = os.path.join(tmp, f"{name}.pth")
-            torch.save(official_model(name).state_dict(), checkpoint)
-            impls = ["official", "ours"] + (["ours-bf16"] if args.bf16 else [])
-            results[name] = {impl: run(name, impl, checkpoint, args.repeats) for impl in impls}
-            os.remove(checkpoint)
+    torch.set_num_threads(os.cpu_count() or 1)
+    if not args.image.is_file():
+        raise SystemExit(f"{args.image} not found: pass --image PHOTO (the default lives in ../shared/data)")
+    image = load_photo(args.image)
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    isa = ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no bf16 instructions"
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads ({isa}); image {args.image.name} "
+          f"{image.shape[1]}x{image.shape[0]}; medians of {args.repeats} interleaved runs (predict: {5 * args.repeats})")
+    groups = {"vit_b": (["sam_vit_b", "hq_vit_b"], "sam_vit_b"), "tiny": (["mobile_sam", "hq_vit_tiny"], None)}
+    results = {}
+    for group_name in filter(None, args.groups.split(",")):
+        names, bf16 = groups[group_name]
+        with tempfile.TemporaryDirectory() as folder:
+            group = build_group(names, bf16, folder)
+        timed = time_group(group, image, args.repeats)
+        del group
+        for (name, impl), r in timed.items():  # raw numbers as they come (a long run may be cut short)
+            print(f"  {name:<12} {impl:<9} set_image {r['set_image']:7.2f} s  predict {1000 * r['predict']:7.1f} ms", flush=True)
+        results.update(timed)
 
-    header = (f"{'model':<12} {'impl':<10} {'set_image s':>11} {'ratio':>6} {'predict ms':>10} {'ratio':>6} "
-              f"{'1st pred ms':>11} {'peak MB':>8} {'set_image +MB':>13}")
-    print(header)
-    print("-" * len(header))
-    for name, by_impl in results.items():
-        official = by_impl["official"]
-        for impl, r in by_impl.items():
-            print(
-                f"{name:<12} {impl:<10} {r['set_image']:>11.3f} {official['set_image'] / r['set_image']:>6.2f} "
-                f"{1000 * r['predict']:>10.1f} {official['predict'] / r['predict']:>6.2f} {1000 * r['first_predict']:>11.1f} {r['peak_mb']:>8.0f} {r['set_image_mb']:>13.0f}"
-            )
-        if "ours-bf16" in by_impl:
-            error = np.abs(by_impl["ours-bf16"]["low_res"] - by_impl["ours"]["low_res"])
-            agree = ((by_impl["ours-bf16"]["low_res"] > 0) == (by_impl["ours"]["low_res"] > 0)).mean()
-            print(f"{'':<12} bf16 encoder error vs fp32: max |logit diff| {error.max():.4f}, mean {error.mean():.5f}, mask agreement {100 * agree:.3f}%")
-    print("ratio = official time / our time (> 1: finesam is faster)")
+    rows = []  # (what, official, ours, ratio official / ours, note)
+
+    def add(what, key, field, scale, unit):
+        official = results.get((key[0], "official"))
+        ours = results.get(key)
+        if official and ours:
+            rows.append((what, f"{official[field] * scale:.3g} {unit}", f"{ours[field] * scale:.3g} {unit}",
+                         f"{official[field] / ours[field]:.2f}x"))
+
+    add("ViT-B set_image, float32", ("sam_vit_b", "ours"), "set_image", 1, "s")
+    if ("sam_vit_b", "ours-bf16") in results:
+        add("ViT-B set_image, bfloat16 (ours) vs float32 (official)", ("sam_vit_b", "ours-bf16"), "set_image", 1, "s")
+        agree = (results[("sam_vit_b", "ours-bf16")]["masks"] == results[("sam_vit_b", "ours")]["masks"]).mean()
+        rows.append(("  bfloat16 masks equal to float32", "", f"{100 * agree:.2f}% of pixels", ""))
+    add("TinyViT set_image (MobileSAM)", ("mobile_sam", "ours"), "set_image", 1, "s")
+    add("TinyViT set_image (HQ-tiny)", ("hq_vit_tiny", "ours"), "set_image", 1, "s")
+    add("MobileSAM predict, cached embedding", ("mobile_sam", "ours"), "predict", 1000, "ms")
+    add("HQ-tiny predict, cached embedding", ("hq_vit_tiny", "ours"), "predict", 1000, "ms")
+    add("SAM ViT-B predict, cached embedding", ("sam_vit_b", "ours"), "predict", 1000, "ms")
+    add("HQ ViT-B predict, cached embedding", ("hq_vit_b", "ours"), "predict", 1000, "ms")
+    add("HQ ViT-B set_image", ("hq_vit_b", "ours"), "set_image", 1, "s")
     for hq, sam in (("hq_vit_b", "sam_vit_b"), ("hq_vit_tiny", "mobile_sam")):
-        if hq in results and sam in results:
-            for impl in ("official", "ours"):
-                a, b = results[hq][impl], results[sam][impl]
-                print(f"HQ overhead ({impl}) {hq} vs {sam}: set_image x{a['set_image'] / b['set_image']:.2f}, predict x{a['predict'] / b['predict']:.2f}")
+        if (hq, "ours") in results and (sam, "ours") in results:
+            per = {impl: results[(hq, impl)]["predict"] / results[(sam, impl)]["predict"] for impl in ("official", "ours")}
+            whole = {impl: (results[(hq, impl)]["set_image"] + results[(hq, impl)]["predict"])
+                     / (results[(sam, impl)]["set_image"] + results[(sam, impl)]["predict"]) for impl in ("official", "ours")}
+            rows.append((f"HQ over SAM ({hq} / {sam}): per prompt", f"{per['official']:.2f}x", f"{per['ours']:.2f}x", ""))
+            rows.append((f"HQ over SAM ({hq} / {sam}): set_image + predict", f"{whole['official']:.2f}x", f"{whole['ours']:.2f}x", ""))
+    if not args.no_amg:
+        amg = amg_row(load_photo(args.image, (1800, 1200)))
+        rows.append(("automatic masks, HQ-tiny, 16x16 points, 1800x1200", f"{amg['official']:.1f} s ({amg['official_masks']} masks)",
+                     f"{amg['ours']:.1f} s ({amg['ours_masks']} masks)", f"{amg['official'] / amg['ours']:.2f}x"))
+    if not args.no_memory:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_memory import run_case
+
+        for name in ("sam_vit_b", "mobile_sam", "hq_vit_b", "hq_vit_tiny"):
+            if (name, "ours") in results:
+                official, ours = run_case(name, "official", args.image), run_case(name, "ours", args.image)
+                rows.append((f"peak memory, read + set_image + predict, {name}", f"{official['peak_mb']:.0f} MB",
+                             f"{ours['peak_mb']:.0f} MB", f"{official['peak_mb'] / ours['peak_mb']:.2f}x"))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'what':<{width}} | official | finesam | ratio (official / finesam) |")
+    print(f"|{'-' * (width + 2)}|---|---|---|")
+    for what, official, ours, ratio in rows:
+        print(f"| {what:<{width}} | {official} | {ours} | {ratio} |")
 
 
 if __name__ == "__main__":

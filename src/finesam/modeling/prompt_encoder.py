@@ -80,8 +80,21 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self) -> torch.Tensor:
-        """(1, 256, 64, 64) positional encoding of the image embedding grid."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """(1, 256, 64, 64) positional encoding of the image embedding grid.
+
+        Computed once per value of the Gaussian matrix (its sin/cos cost a few ms per
+        prompt), and recomputed while tracing or compiling so that exported graphs hold it as
+        a computation; callers must not modify the returned tensor in place.
+        """
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        gaussian = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (gaussian.data_ptr(), gaussian._version, gaussian.device, gaussian.dtype, tuple(self.image_embedding_size))
+        cached = self.__dict__.get("_dense_pe_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.pe_layer(self.image_embedding_size).unsqueeze(0))
+            self.__dict__["_dense_pe_cache"] = cached  # not a buffer: stays out of state_dict
+        return cached[1]
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # pixel centres

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..checkpoints.files import to_official_keys
 from ..errors import InvalidInputError
+from ..ops.upsample import upsample_to_masks
 from .decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
 from .features import ImageFeatures
 from .prompt_checks import check_click_points, check_model_prompts
@@ -142,6 +143,17 @@ class Sam(nn.Module):
         masks = masks[..., : input_size[0], : input_size[1]]
         return F.interpolate(masks, tuple(int(v) for v in original_size), mode="bilinear", align_corners=False)
 
+    def postprocess_to_binary(
+        self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """(B, K, 256 or 1024, same) logits -> (B, K, H, W) bool masks, equal to
+        ``postprocess_masks(...) > mask_threshold`` without holding the full-resolution float
+        masks (:func:`finesam.ops.upsample.upsample_to_masks`)."""
+        if masks.shape[-2:] != (self.image_size, self.image_size):
+            masks = F.interpolate(masks, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return upsample_to_masks(masks, tuple(int(v) for v in original_size), self.mask_threshold)
+
     # --- the official batched interface ----------------------------------------------------------
     def forward(
         self,
@@ -182,9 +194,9 @@ class Sam(nn.Module):
             coords = record.get("point_coords")
             points = (coords, record.get("point_labels")) if coords is not None else None
             output = self.decode(features.select(index), points, record.get("boxes"), record.get("mask_inputs"), mode)
-            masks = self.postprocess_masks(output.logits, record["image"].shape[-2:], record["original_size"])
+            masks = self.postprocess_to_binary(output.logits, record["image"].shape[-2:], record["original_size"])
             outputs.append({
-                "masks": masks > self.mask_threshold,
+                "masks": masks,
                 "iou_predictions": output.scores,
                 "low_res_logits": output.low_res,
             })

@@ -287,9 +287,10 @@ class SamPredictor:
         mode = OutputMode.from_flags(multimask_output, hq_token_only, hq_output)
         output = self.model.decode(self.image_features, points, boxes, mask_input, mode)
         self.correction_state = output.state
-        masks = self.model.postprocess_masks(output.logits, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        if return_logits:
+            masks = self.model.postprocess_masks(output.logits, self.input_size, self.original_size)
+        else:  # bool masks straight from the low-res logits, never a full-resolution float copy
+            masks = self.model.postprocess_to_binary(output.logits, self.input_size, self.original_size)
         return masks, output.scores, output.low_res
 
     @torch.no_grad()
@@ -340,9 +341,10 @@ class SamPredictor:
         normalised = torch.as_tensor(frame / self.model.image_size, dtype=torch.float32, device=self.device)
         flag_tensor = torch.as_tensor(flags, dtype=torch.int64, device=self.device)
         output = self.model.correct(state, normalised[None], flag_tensor[None])
-        masks = self.model.postprocess_masks(output.logits, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        if return_logits:
+            masks = self.model.postprocess_masks(output.logits, self.input_size, self.original_size)
+        else:  # bool masks straight from the low-res logits, never a full-resolution float copy
+            masks = self.model.postprocess_to_binary(output.logits, self.input_size, self.original_size)
         return masks[0].cpu().numpy(), output.scores[0].cpu().numpy(), output.low_res[0].cpu().numpy()
 
     def predict_batch(
