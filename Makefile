@@ -9,7 +9,7 @@ RUNTIME_PY := $(RUNTIME_VENV)/bin/python
 RUNTIME_STAMP := $(RUNTIME_VENV)/.torch-installed
 RUNTIME_SRC := $(RUNTIME_VENV)/source
 
-.PHONY: test demo venv bench clean check-runtime
+.PHONY: test demo venv bench clean check-runtime chromium
 
 venv: $(STAMP)
 
@@ -20,8 +20,16 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Debian's chromium for the web tool's browser test (tests/server/test_browser.py), installed when
+# missing; where it cannot be, that test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	} || echo "WARNING: could not install Debian's chromium: the browser test will skip"
+
 # The runtime-only install check, then pytest (whose summary closes the output); fails if either fails.
-test: $(STAMP)
+test: $(STAMP) chromium
 	@status=0; $(MAKE) --no-print-directory check-runtime || status=$$?; \
 	$(PY) -m pytest -q tests || status=$$?; \
 	exit $$status

@@ -13,7 +13,7 @@ from ..errors import FinesamError, one_line
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-COMMANDS = ("segment", "eval")
+COMMANDS = ("segment", "eval", "train", "serve", "export")
 
 
 class OneLineParser(argparse.ArgumentParser):
