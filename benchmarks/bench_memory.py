@@ -2,6 +2,12 @@
 8000x6000 photograph, finesam vs the official code.
 
     python benchmarks/bench_memory.py [--models mobile_sam,sam_vit_b] [--size 8000x6000] [--source PHOTO]
+                                      [--python OTHER_VENV/bin/python ...]
+
+``--python`` adds rows measured with another interpreter (finesam installed there), e.g. a venv
+with a CPU-only torch build: importing the CUDA build of torch alone takes ~510 MB of RSS, the
+CPU build ~220 MB, and that floor is part of every process's peak. The official code is measured
+where its package imports (it needs torchvision through timm).
 
 The photo (default: the DIS5K pavilion, 2748x2658) is resized with PIL to ``--size`` and saved
 as a JPEG (quality 90) in a temporary folder. Every case runs in a fresh Python process, so its
@@ -42,7 +48,7 @@ def child(model_name: str, impl: str, path: str, multimask: bool) -> None:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    result = {"import_mb": memory_mb("VmRSS")}
+    result = {"import_mb": memory_mb("VmRSS"), "torch": torch.__version__}
     if impl == "official":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from bench_predictor import official_predictor
@@ -74,9 +80,14 @@ def child(model_name: str, impl: str, path: str, multimask: bool) -> None:
     print(json.dumps(result))
 
 
-def run_case(model_name: str, impl: str, path: Path, multimask: bool = False) -> dict:
+def official_importable(python: str) -> bool:
+    done = subprocess.run([python, "-c", "import segment_anything_hq"], capture_output=True)
+    return done.returncode == 0
+
+
+def run_case(model_name: str, impl: str, path: Path, multimask: bool = False, python: str = sys.executable) -> dict:
     """Run one case in a fresh interpreter and return its measurements."""
-    command = [sys.executable, __file__, "--child", model_name, impl, str(path)] + (["--multimask"] if multimask else [])
+    command = [python, __file__, "--child", model_name, impl, str(path)] + (["--multimask"] if multimask else [])
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{impl} {model_name}: the measuring process failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
@@ -97,6 +108,8 @@ def main() -> None:
     parser.add_argument("--models", default="mobile_sam,sam_vit_b")
     parser.add_argument("--size", default="8000x6000", help="WIDTHxHEIGHT of the photograph")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--python", action="append", default=[], metavar="INTERPRETER",
+                        help="also measure with this Python (repeatable), e.g. a venv with a CPU-only torch")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "IMPL", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--multimask", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -107,18 +120,21 @@ def main() -> None:
         raise SystemExit(f"{args.source} not found: pass --source PHOTO")
     width, height = (int(v) for v in args.size.lower().split("x"))
     print(f"{os.cpu_count()} CPU threads; {args.source.name} resized to {width}x{height}; max RSS per fresh process")
-    header = f"{'model':<11} {'impl':<9} {'masks':<6} {'import MB':>9} {'+model MB':>9} {'read peak':>9} {'set_image peak':>14} {'peak MB':>8} {'s':>6}"
+    header = f"{'torch':<12} {'model':<11} {'impl':<9} {'masks':<6} {'import MB':>9} {'+model MB':>9} {'read peak':>9} {'set_image peak':>14} {'peak MB':>8} {'s':>6}"
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as folder:
         path = make_photo(args.source, (width, height), Path(folder))
-        for model_name in args.models.split(","):
-            cases = [("official", False), ("ours", False)] + ([("ours", True)] if model_name == "mobile_sam" else [])
-            for impl, multimask in cases:
-                r = run_case(model_name, impl, path, multimask)
-                print(f"{model_name:<11} {impl:<9} {3 if multimask else 1:<6} {r['import_mb']:>9.0f} {r['model_mb']:>9.0f} "
-                      f"{r['read_peak_mb']:>9.0f} {r['set_image_peak_mb']:>14.0f} {r['peak_mb']:>8.0f} {r['seconds']:>6.1f}",
-                      flush=True)
+        for python in [sys.executable] + args.python:
+            with_official = official_importable(python)
+            for model_name in args.models.split(","):
+                cases = ([("official", False)] if with_official else []) + [("ours", False)]
+                cases += [("ours", True)] if model_name == "mobile_sam" else []
+                for impl, multimask in cases:
+                    r = run_case(model_name, impl, path, multimask, python)
+                    print(f"{r['torch']:<12} {model_name:<11} {impl:<9} {3 if multimask else 1:<6} {r['import_mb']:>9.0f} {r['model_mb']:>9.0f} "
+                          f"{r['read_peak_mb']:>9.0f} {r['set_image_peak_mb']:>14.0f} {r['peak_mb']:>8.0f} {r['seconds']:>6.1f}",
+                          flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from PIL import Image, ImageOps
 import finesam
 from finesam import cli
 from finesam.data import open_dataset, read_mask
-from finesam.data.images import read_image
+from finesam.data import images as images_module
+from finesam.data.images import ImageReadError, read_image
 
 ROTATE_90_CW = 6  # EXIF orientation "rotate 90 clockwise to display"
 BOX = [10, 70, 100, 150]  # x0 y0 x1 y1 in the displayed (rotated) image
@@ -72,3 +73,38 @@ def test_api_and_cli_give_masks_of_the_displayed_size_with_displayed_prompts(tmp
     cli_mask = np.array(Image.open(out)) > 0
     assert cli_mask.shape == (160, 120)
     np.testing.assert_array_equal(cli_mask, masks[0])  # same model, same prompt, same pixels
+
+
+def pil_reading(path) -> np.ndarray:
+    with Image.open(path) as stored:
+        return np.asarray(ImageOps.exif_transpose(stored).convert("RGB"))
+
+
+def test_real_jpegs_take_the_low_memory_path_and_equal_pil():
+    from conftest import data_path
+
+    files = sorted(data_path("dis5k_samples", "im").glob("*.jpg")) + sorted(data_path("demo").glob("*.jpg"))
+    files += sorted(data_path("ecssd", "im").glob("*.jpg"))[::40]
+    for path in files:
+        assert images_module._read_complete_jpeg(path, None) is not None, path  # decoded by OpenCV
+        np.testing.assert_array_equal(read_image(path), pil_reading(path), err_msg=str(path))
+
+
+def test_grey_cmyk_and_truncated_jpegs(tmp_path):
+    rng = np.random.default_rng(1)
+    grey = tmp_path / "grey.jpg"
+    Image.fromarray(rng.integers(0, 255, (40, 70), dtype=np.uint8)).save(grey, quality=90)
+    assert images_module._read_complete_jpeg(grey, None) is not None
+    np.testing.assert_array_equal(read_image(grey), pil_reading(grey))
+
+    cmyk = tmp_path / "cmyk.jpg"  # OpenCV and PIL convert CMYK differently: PIL's reading stands
+    Image.fromarray(rng.integers(0, 255, (30, 20, 4), dtype=np.uint8), "CMYK").save(cmyk)
+    assert images_module._read_complete_jpeg(cmyk, None) is None
+    np.testing.assert_array_equal(read_image(cmyk), pil_reading(cmyk))
+
+    photo = phone_photo(tmp_path / "phone.jpg", stored_size=(300, 200))
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(photo.read_bytes()[:-600])  # no end-of-image marker: PIL's error
+    assert images_module._read_complete_jpeg(truncated, None) is None
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_image(truncated)

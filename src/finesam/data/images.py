@@ -31,6 +31,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
@@ -46,8 +47,9 @@ PALETTE = np.array(
 #: (12,000 x 9,000; 12,032 x 9,024) with a quarter of margin, and all images of the
 #: high-resolution benchmarks (DIS5K, UHRSD, BIG: at most a few tens of megapixels). It
 #: refuses a 12,000 x 12,000 image (144 MP) and "few hundred KB" PNG decompression bombs.
-#: Measured at the limit (benchmarks/bench_large_image.py, CPU): reading a JPEG peaks at
-#: ~0.95 GB (the decoded image and the 0.4 GB result); MobileSAM's ``set_image`` + one box
+#: At the limit the (H, W, 3) result is 0.4 GB; reading a JPEG peaks near twice that (OpenCV's
+#: decoder), other formats at PIL's decoded image (4 bytes per pixel) plus the result. Measured
+#: before the JPEG path (benchmarks/bench_large_image.py, CPU): MobileSAM's ``set_image`` + one box
 #: ``predict`` adds ~0.7 GB at its peak to the image it holds (the full-resolution mask logits;
 #: about 2 GB, estimated, with the three masks of ``multimask_output``); a whole process stays
 #: near 2 GB. Memory grows linearly with the pixel count.
@@ -306,6 +308,58 @@ def _to_rgb(image: Image.Image, label: str) -> np.ndarray:
     return out
 
 
+#: EXIF orientation -> the numpy view that displays the stored pixels (as ``ImageOps.exif_transpose``).
+_ORIENTATION_VIEWS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: a.transpose(1, 0, 2)[::-1],
+}
+
+
+def _read_complete_jpeg(path, max_pixels: int | None) -> np.ndarray | None:
+    """An RGB or greyscale JPEG decoded by OpenCV straight into its (H, W, 3) result, or None
+    when the file is anything else (then PIL reads it, and refuses it if it must).
+
+    PIL keeps RGB at 4 bytes per pixel, so reading through it holds the decoded image and the
+    3-byte result together (336 MB for 48 megapixels); OpenCV decodes into the result alone.
+    Both use libjpeg-turbo: the pixels are identical to PIL's (checked in the tests on real
+    photos). Only files that end with the JPEG end-of-image marker take this path, so a
+    truncated file still gets PIL's error rather than OpenCV's grey fill.
+    """
+    try:
+        path = Path(path)
+        limit = pixel_limit(max_pixels)
+        if not path.is_file():
+            return None
+        with _finesam_limit_applies(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as header:  # parses the header only
+                if header.format != "JPEG" or header.mode not in ("RGB", "L"):
+                    return None
+                width, height = header.size
+                orientation = header.getexif().get(0x0112, 1)
+        if _size_problem(height, width, limit, "the image"):
+            return None
+        data = np.fromfile(path, np.uint8)
+    except MemoryError:
+        raise
+    except Exception:  # anything unusual: PIL's path decides and explains
+        return None
+    if data.size < 4 or data[-2] != 0xFF or data[-1] != 0xD9:
+        return None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    del data
+    if image is None or image.shape != (height, width, 3):
+        return None
+    cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+    view = _ORIENTATION_VIEWS.get(orientation)
+    return image if view is None else np.ascontiguousarray(view(image))
+
+
 def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read any PIL-readable image as displayed, (H, W, 3) uint8 RGB.
 
@@ -324,6 +378,9 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
     Raises :class:`ImageReadError` (an :class:`~finesam.errors.InvalidInputError`) naming the
     file, the problem and the fix.
     """
+    image = _read_complete_jpeg(path, max_pixels)
+    if image is not None:
+        return image
     with opened_image(path, max_pixels, what="image") as image:
         label = f"image {str(Path(path))!r}"
         try:

@@ -25,6 +25,10 @@ def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
+#: Images up to this many pixels are resized in one PIL call; larger ones by strips (same result).
+_WHOLE_IMAGE_PIXELS = 1 << 22
+
+
 class ResizeLongestSide:
     """Scales images, coordinates and boxes so that the longest side is ``target_length``.
 
@@ -39,9 +43,28 @@ class ResizeLongestSide:
         return preprocess_shape(height, width, long_side or self.target_length)
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (h, w, 3) uint8; an empty image raises InvalidInputError."""
+        """(H, W, 3) uint8 -> (h, w, 3) uint8; an empty image raises InvalidInputError.
+
+        Bit-identical to ``Image.fromarray(image).resize((w, h), BILINEAR)``, in PIL's own two
+        passes run separately: the horizontal pass on strips of rows (each strip gets the
+        whole-image coefficients: PIL filters rows independently and skips the vertical pass
+        when the height is kept), then the vertical pass on the narrow intermediate. PIL stores
+        RGB at 4 bytes per pixel, so one ``fromarray`` of a 48-megapixel photo would copy 192 MB;
+        strips keep that copy to a few MB.
+        """
         height, width = self.get_preprocess_shape(*image.shape[:2])
-        return np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+        image = np.ascontiguousarray(image)
+        full_height, full_width = image.shape[:2]
+        if full_height * full_width <= _WHOLE_IMAGE_PIXELS:
+            return np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+        narrow = np.empty((full_height, width, image.shape[2]), np.uint8)
+        rows = max(1, _WHOLE_IMAGE_PIXELS // full_width)
+        for top in range(0, full_height, rows):
+            strip = image[top:top + rows]
+            narrow[top:top + len(strip)] = np.asarray(
+                Image.fromarray(strip).resize((width, len(strip)), Image.BILINEAR, box=(0, 0, full_width, len(strip)))
+            )
+        return np.array(Image.fromarray(narrow).resize((width, height), Image.BILINEAR))
 
     def apply_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
         """(..., 2) (x, y) pixels of the original image -> the resized frame (float)."""
