@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock
+from .common import LayerNorm2d, MLPBlock, eager_inference
 from .features import ImageFeatures
 
 
@@ -22,6 +22,11 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).permute(0, 2, 3, 1)
+
+
+#: Queries per chunk at inference (``Attention._attend_by_query_rows``): 4 rows of the 64x64
+#: grid in global attention (a 50 MB bias buffer for ViT-B in float32); a 14x14 window is one chunk.
+_QUERY_CHUNK_TOKENS = 256
 
 
 def relative_position_table(table: torch.Tensor, size: int) -> torch.Tensor:
@@ -53,21 +58,45 @@ class Attention(nn.Module):
         # qkv layout is (..., 3, heads, head_dim): Q, K and V are contiguous blocks.
         qkv = self.qkv(x).reshape(batch, height * width, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
-        bias = self._relative_position_bias(q, height, width)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        bias_h, bias_w = self._relative_position_terms(q, height, width)
+        if not eager_inference():
+            bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.reshape(batch, self.num_heads, -1, height * width))
+        else:
+            out = self._attend_by_query_rows(q, k, v, bias_h, bias_w)
         out = out.transpose(1, 2).reshape(batch, height, width, channels)
         return self.proj(out)
 
-    def _relative_position_bias(self, q: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """(B, heads, N, N) additive bias from the unscaled queries, as the official code adds it."""
+    def _relative_position_terms(self, q: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decomposed bias from the unscaled queries, as the official code adds it:
+        (B*heads, H, W, H) over key rows and (B*heads, H, W, W) over key columns; the bias of
+        query (h, w) and key (kh, kw) is ``bias_h[h, w, kh] + bias_w[h, w, kw]``."""
         batch, heads, _, head_dim = q.shape
         rel_h = relative_position_table(self.rel_pos_h, height)  # (H, H, hd)
         rel_w = relative_position_table(self.rel_pos_w, width)  # (W, W, hd)
         r_q = q.reshape(batch * heads, height, width, head_dim)
         bias_h = torch.einsum("bhwc,hkc->bhwk", r_q, rel_h.to(q.dtype))
         bias_w = torch.einsum("bhwc,wkc->bhwk", r_q, rel_w.to(q.dtype))
-        bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
-        return bias.reshape(batch, heads, height * width, height * width)
+        return bias_h, bias_w
+
+    def _attend_by_query_rows(self, q, k, v, bias_h, bias_w) -> torch.Tensor:
+        """Inference: SDPA over a few query rows at a time, the bias of those rows built into one
+        reused contiguous buffer. In global attention the whole (B, heads, N, N) bias (805 MB in
+        float32 for ViT-B at 64x64 tokens) is never made, nor copied; same values."""
+        batch, heads, tokens, _ = q.shape
+        _, height, width, _ = bias_h.shape
+        rows = max(1, _QUERY_CHUNK_TOKENS // width)
+        out = torch.empty_like(q)
+        buffer = q.new_empty(batch * heads, rows, width, height, width)
+        for top in range(0, height, rows):
+            count = min(rows, height - top)
+            bias = buffer if count == rows else q.new_empty(batch * heads, count, width, height, width)
+            torch.add(bias_h[:, top:top + count, :, :, None], bias_w[:, top:top + count, :, None, :], out=bias)
+            queries = slice(top * width, (top + count) * width)
+            out[:, :, queries] = F.scaled_dot_product_attention(
+                q[:, :, queries], k, v, attn_mask=bias.view(batch, heads, count * width, tokens)
+            )
+        return out
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -125,8 +154,12 @@ class Block(nn.Module):
             x = window_unpartition(x, self.window_size, padded, size)
         else:
             x = self.attn(x)
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        if not eager_inference():
+            x = shortcut + x
+            return x + self.mlp(self.norm2(x))
+        # Inference: residuals added into the fresh outputs (two full-size allocations less).
+        x = x.add_(shortcut)
+        return self.mlp(self.norm2(x)).add_(x)
 
 
 class ImageEncoderViT(nn.Module):
