@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 import warnings
@@ -29,23 +28,11 @@ import torch
 
 import finesam
 from finesam.data.images import read_image
+from bench_predictor import interleaved  # benchmarks/ is on sys.path when run as a script
 from finesam.export import export_onnx
 from finesam.onnx import OnnxPredictor
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ecssd" / "im" / "0001.jpg"
-
-
-def median_seconds(calls: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each named call, run round-robin ``repeats`` times after one warm-up."""
-    for call in calls.values():
-        call()
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def bench(name: str, image: np.ndarray, repeats: int, threads: int) -> None:
@@ -62,15 +49,15 @@ def bench(name: str, image: np.ndarray, repeats: int, threads: int) -> None:
         predictors = {"torch": finesam.SamPredictor(model), "onnxruntime": OnnxPredictor(folder, session_options=options)}
         height, width = image.shape[:2]
         box = np.array([width * 0.1, height * 0.1, width * 0.9, height * 0.9])
-        encode = median_seconds({runtime: (lambda p=p: p.set_image(image)) for runtime, p in predictors.items()}, repeats)
+        encode = interleaved({runtime: (lambda p=p: p.set_image(image)) for runtime, p in predictors.items()}, repeats)
         outputs = {runtime: p.predict(box=box, return_logits=True) for runtime, p in predictors.items()}
-        predict = median_seconds({runtime: (lambda p=p: p.predict(box=box, return_logits=True))
+        predict = interleaved({runtime: (lambda p=p: p.predict(box=box, return_logits=True))
                                   for runtime, p in predictors.items()}, repeats)
         difference = float(np.abs(outputs["torch"][0] - outputs["onnxruntime"][0]).max())
         correct = {}
         if capabilities.corrects_clicks:
             click = np.array([[width * 0.5, height * 0.5]])
-            correct = median_seconds({runtime: (lambda p=p: p.correct(fg_points=click, return_logits=True))
+            correct = interleaved({runtime: (lambda p=p: p.correct(fg_points=click, return_logits=True))
                                       for runtime, p in predictors.items()}, repeats)
     print(f"\n{name} (export {export_seconds:.1f} s; max |logit difference| {difference:.2e})")
     print(f"  {'':12} {'torch':>10} {'onnxruntime':>12} {'ratio':>7}")

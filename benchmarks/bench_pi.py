@@ -25,22 +25,10 @@ import torch
 
 import finesam
 from finesam.data.images import read_image
+from bench_predictor import interleaved  # benchmarks/ is on sys.path when run as a script
 
 DEFAULT_IMAGE = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dis5k_samples" / "im"
                  / "4#Architecture#10#Pavilion#5795028920_08884db993_o.jpg")
-
-
-def interleaved(calls: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each named call, run round-robin ``repeats`` times after one warm-up."""
-    for fn in calls.values():
-        fn()
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def branch_share(predictor, box: np.ndarray, repeats: int) -> dict[str, float]:

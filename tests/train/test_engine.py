@@ -4,7 +4,6 @@ exact resume after SIGKILL, cached features."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess

@@ -96,6 +96,11 @@ def write_atomically(path: Path, write: Callable[[str], object]) -> Path:
     return path
 
 
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically (:func:`write_atomically`)."""
+    return write_atomically(Path(path), lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+
+
 def _rename(state: Mapping[str, torch.Tensor], pairs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
     renamed = {}
     for key, value in state.items():

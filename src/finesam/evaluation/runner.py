@@ -14,7 +14,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..checkpoints.files import write_text_atomically
 from ..data import FolderDataset
 from ..data.images import PIXEL_LIMIT_ENV, save_mask
 from ..distributed import SINGLE_PROCESS, DistributedContext, broadcast_from_main, gather_to_main, shard
@@ -63,19 +63,6 @@ class RunMismatchError(InvalidInputError):
 
 class RankFailedError(FinesamError):
     """Another process of a ``torchrun`` run failed; this one stopped with it."""
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in ``path``'s folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def mask_file(dataset: str, name: str, variant: str, trial: int, trials: int) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..checkpoints.files import write_atomically
+from ..checkpoints.files import write_atomically, write_text_atomically
 from ..data.folders import IMAGE_EXTENSIONS
 from ..data.images import overlay, read_image, save_mask, save_overlay
 from ..data.prompt_files import DEFAULT_CATEGORY
@@ -222,13 +222,7 @@ def automatic_objects(generator, image: np.ndarray) -> list[Segmented]:
 # --- writing --------------------------------------------------------------------------------------
 def _write_json(value: Any, path: Path, readable: bool = True) -> None:
     """Atomically; ``readable=False`` for large files (indenting makes json use its slow encoder)."""
-    text = json.dumps(value, indent=1 if readable else None, separators=None if readable else (",", ":"))
-
-    def write(temporary: str) -> None:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-    write_atomically(path, write)
+    write_text_atomically(path, json.dumps(value, indent=1 if readable else None, separators=None if readable else (",", ":")))
 
 
 def instance_image(objects: Sequence[Segmented], size: tuple[int, int]) -> np.ndarray:

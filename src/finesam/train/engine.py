@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,7 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..checkpoints.files import save_atomically
+from ..checkpoints.files import save_atomically, write_text_atomically
 from ..devices import resolve_device
 from ..distributed import DistributedContext, barrier, broadcast_from_main, init_distributed, process_device, shutdown
 from ..errors import InvalidInputError
@@ -213,11 +214,7 @@ class MetricsLog:
                 if row.get("step", math.inf) <= keep_until_step:
                     self.rows.append(row)
         if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            text = "".join(json.dumps(row) + "\n" for row in self.rows)
-            tmp = path.with_suffix(".jsonl.part")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in self.rows))
             self.handle = path.open("a")
 
     def append(self, row: dict) -> None:
@@ -315,7 +312,9 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
         optimizer.zero_grad(set_to_none=True)
         for batch_number, batch in enumerate(loader, start=skip):
             sync = (micro + 1) % config.accumulate == 0
-            with _maybe_no_sync(runner, sync), torch.autocast(device.type, torch.bfloat16, enabled=config.bf16):
+            # micro-batches before the last only accumulate: DDP skips their gradient all-reduce
+            accumulate_only = runner.no_sync() if not sync and context.enabled else nullcontext()
+            with accumulate_only, torch.autocast(device.type, torch.bfloat16, enabled=config.bf16):
                 features = cache.features(batch, device) if cache else step_module.encode(batch["image"].to(device))
                 result = runner(features, batch["label"].to(device), [int(i) for i in batch["index"]], epoch)
                 (result["loss"] / config.accumulate).backward()
@@ -334,8 +333,7 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
             epoch_done = batch_number + 1 == len(batches)
             if config.val and ((config.val_every and global_step % config.val_every == 0) or (not config.val_every and epoch_done)
                                or global_step >= total_steps):
-                validation = validate(step_module, config.val, recipe, augmentation_size=augmentation.size,
-                                      limit=config.val_limit, device=device, context=context)
+                validation = validate(step_module, config.val, recipe, limit=config.val_limit, context=context)
                 row.update({f"val_{k}": v for k, v in validation.items()})
             log.append(row)
             progress.update(1)
@@ -369,21 +367,6 @@ def _loader(dataset: TrainingSet, cache: "FeatureCache | None", batches: list[li
         return DataLoader(cache.epoch_view(epoch), batch_sampler=batches, num_workers=workers, collate_fn=collate_cached)
     dataset.set_epoch(epoch)  # workers copy the data set, epoch included, when the loader starts
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate_samples)
-
-
-class _maybe_no_sync:
-    """DDP's ``no_sync`` on micro-batches that only accumulate gradients."""
-
-    def __init__(self, runner: torch.nn.Module, sync: bool) -> None:
-        self.context = runner.no_sync() if (not sync and hasattr(runner, "no_sync")) else None
-
-    def __enter__(self) -> None:
-        if self.context is not None:
-            self.context.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.context is not None:
-            self.context.__exit__(*exc)
 
 
 def _mean_over_ranks(value: torch.Tensor, context: DistributedContext) -> float:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..checkpoints.files import save_atomically, write_atomically
+from ..checkpoints.files import save_atomically, write_text_atomically
 from ..distributed import DistributedContext, barrier, shard
 from ..errors import InvalidInputError
 from ..modeling.features import ImageFeatures
@@ -74,7 +74,7 @@ class FeatureCache:
         if context.is_main:
             manifest = {"key": key, "storage_error": error_report} if error_report else {"key": key}
             if not (folder / MANIFEST).exists() or error_report:
-                write_atomically(folder / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2, default=str)))
+                write_text_atomically(folder / MANIFEST, json.dumps(manifest, indent=2, default=str))
         return cache
 
     @torch.no_grad()

@@ -14,13 +14,11 @@ from torch import nn
 from ..modeling.decoder_api import DecoderOutput, OutputMode
 from ..modeling.features import ImageFeatures
 from ..modeling.sam import Sam
-from .clicks import simulate_correction_clicks
+from .clicks import GRID, simulate_correction_clicks
 from .data import sample_rng
 from .losses import point_sampled_mask_loss
 from .prompts import FOREGROUND_ABOVE, draw_prompt
 from .recipes import Recipe
-
-LOW_RES = 256
 
 
 def sample_torch_seed(seed: int, epoch: int, index: int) -> int:
@@ -89,7 +87,7 @@ class TrainStep(nn.Module):
             return self.model.decode(*args, mode=mode), weight
         with torch.no_grad():
             first = self.model.decode(*args, mode=mode)
-        label_256 = F.interpolate(label[None], (LOW_RES, LOW_RES), mode="bilinear", align_corners=False) / 255.0
+        label_256 = F.interpolate(label[None], (GRID, GRID), mode="bilinear", align_corners=False) / 255.0
         clicks = simulate_correction_clicks(
             first.low_res, label_256, [sample_rng(self.seed, epoch, index, "clicks")], training=training
         )

@@ -19,14 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from ..data.layouts import open_dataset, split_from_name
+from ..evaluation.prompts import mask_box
 from ..distributed import DistributedContext, broadcast_from_main, gather_to_main, shard
 from ..metrics import boundary_iou, iou
 from ..predict.predictor import SamPredictor
-from .clicks import simulate_correction_clicks
+from .clicks import GRID, simulate_correction_clicks
 from .prompts import FOREGROUND_ABOVE
 from .recipes import Recipe
-
-LOW_RES = 256
 
 
 def open_validation_sets(sources: Sequence[tuple[str, Path]]) -> list:
@@ -34,8 +33,8 @@ def open_validation_sets(sources: Sequence[tuple[str, Path]]) -> list:
     return [open_dataset(f"{name}={os.fspath(path)}", split=split_from_name(name) or "val") for name, path in sources]
 
 
-def validate(step_module: torch.nn.Module, sources: Sequence[tuple[str, Path]], recipe: Recipe, *, augmentation_size: int,
-             limit: int | None, device: torch.device, context: DistributedContext) -> dict[str, float]:
+def validate(step_module: torch.nn.Module, sources: Sequence[tuple[str, Path]], recipe: Recipe, *,
+             limit: int | None, context: DistributedContext) -> dict[str, float]:
     """``{"miou": ..., "mbiou": ..., "images": n}`` over the validation images (first ``limit`` of each set)."""
     model = step_module.model
     items = []
@@ -64,8 +63,7 @@ def validate(step_module: torch.nn.Module, sources: Sequence[tuple[str, Path]], 
 @torch.no_grad()
 def predict_validation_mask(predictor: SamPredictor, image: np.ndarray, foreground: np.ndarray, recipe: Recipe) -> np.ndarray:
     """(H, W) bool mask of the recipe's output for the tight box of ``foreground`` (H, W) bool."""
-    rows, cols = np.nonzero(foreground)
-    box = np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=float)
+    box = mask_box(foreground)
     predictor.set_image(image)
     hq_output = "hq_only" if recipe.stage == "hq" else None
     masks, _, low_res = predictor.predict(box=box, multimask_output=False, hq_output=hq_output)
@@ -74,12 +72,12 @@ def predict_validation_mask(predictor: SamPredictor, image: np.ndarray, foregrou
     # the stage-1 errors on the 256 grid of the padded 1024 frame, as training sees them
     height, width = foreground.shape
     scale = predictor.model.image_size / max(height, width)
-    resized = (round(height * scale), round(width * scale))
+    resized = predictor.transform.get_preprocess_shape(height, width)
     label = torch.zeros(1, 1, predictor.model.image_size, predictor.model.image_size)
     label[..., : resized[0], : resized[1]] = F.interpolate(
         torch.from_numpy(foreground.astype(np.float32))[None, None], resized, mode="bilinear", align_corners=False
     )
-    label_256 = F.interpolate(label, (LOW_RES, LOW_RES), mode="bilinear", align_corners=False)
+    label_256 = F.interpolate(label, (GRID, GRID), mode="bilinear", align_corners=False)
     points, flags, padding, valid = simulate_correction_clicks(
         torch.from_numpy(low_res[None]).float(), label_256, [np.random.default_rng(0)], training=False
     )
