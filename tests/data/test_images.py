@@ -108,3 +108,15 @@ def test_grey_cmyk_and_truncated_jpegs(tmp_path):
     assert images_module._read_complete_jpeg(truncated, None) is None
     with pytest.raises(ImageReadError, match="truncated"):
         read_image(truncated)
+
+
+def test_jpeg_decoded_by_imdecode_where_imread_cannot(monkeypatch):
+    """Older OpenCV (no RGB ``imread`` into a given buffer) or a path ``imread`` cannot open:
+    the ``imdecode`` fallback gives the same pixels."""
+    from conftest import data_path
+
+    path = sorted(data_path("ecssd", "im").glob("*.jpg"))[0]
+    monkeypatch.setattr(images_module.cv2, "imread", lambda *args, **kwargs: None)
+    decoded = images_module._read_complete_jpeg(path, None)
+    assert decoded is not None
+    np.testing.assert_array_equal(decoded, pil_reading(path))

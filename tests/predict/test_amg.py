@@ -418,3 +418,14 @@ def test_pi_models_are_refused():
     spec = finesam.REGISTRY["pi_vit_b"].with_encoder(depth=1, global_attn_indexes=(0,))
     with pytest.raises(ValueError, match="trained on boxes"):
         AutomaticMaskGenerator(finesam.load(spec, random_weights=True))
+
+
+@pytest.mark.parametrize("shape", [(5, 37, 41), (2, 3, 16, 9), (0, 8, 8), (4, 1, 1)])
+def test_count_true_counts_every_mask(shape):
+    generator = torch.Generator().manual_seed(len(shape))
+    masks = torch.rand(shape, generator=generator) > 0.4
+    counts = amg_utils.count_true(masks)
+    assert counts.dtype == torch.int64 and counts.shape == shape[:-2]
+    assert torch.equal(counts, masks.sum(dim=(-1, -2)))
+    transposed = masks.transpose(-1, -2)  # not contiguous
+    assert torch.equal(amg_utils.count_true(transposed), counts)

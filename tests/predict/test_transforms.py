@@ -1,5 +1,6 @@
 """The resize to the model's frame equals PIL's bilinear resize of the whole image, bit for bit,
-also when large images are resized by strips (to keep PIL's 4-byte-per-pixel copy small)."""
+also when large images are resized by strips of rows, then of columns (to keep PIL's
+4-byte-per-pixel copies small)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def pil_resize(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(37, 5001), (3001, 7), (333, 517), (2000, 1500), (1, 4000)])
 def test_strip_resize_equals_pil(monkeypatch, real_image, shape):
     monkeypatch.setattr(transforms, "_WHOLE_IMAGE_PIXELS", 50_000)  # strips even for small images
+    monkeypatch.setattr(transforms, "_STRIP_PIXELS", 20_000)  # several row and column strips
     rng = np.random.default_rng(sum(shape))
     noise = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
     photo = np.array(Image.fromarray(real_image).resize(shape[::-1], Image.BICUBIC))  # smooth content

@@ -320,14 +320,49 @@ _ORIENTATION_VIEWS = {
 }
 
 
+def _jpeg_is_complete(path: Path) -> bool:
+    """Whether the file ends with the JPEG end-of-image marker (FF D9)."""
+    with open(path, "rb") as stream:
+        stream.seek(0, os.SEEK_END)
+        if stream.tell() < 4:
+            return False
+        stream.seek(-2, os.SEEK_END)
+        return stream.read(2) == b"\xff\xd9"
+
+
+def _opencv_decode_rgb(path: Path, height: int, width: int) -> np.ndarray | None:
+    """(H, W, 3) RGB decoded by OpenCV, or None where OpenCV cannot read it.
+
+    OpenCV >= 4.10 decodes RGB straight into a buffer we allocate (``imread`` with ``dst``):
+    the image alone is held. ``imdecode`` (older OpenCV, or a path ``imread`` cannot open, such
+    as non-ASCII names on Windows) holds a second copy for the moment of the decode.
+    """
+    flags = cv2.IMREAD_IGNORE_ORIENTATION
+    if hasattr(cv2, "IMREAD_COLOR_RGB"):
+        image = np.empty((height, width, 3), np.uint8)
+        try:
+            decoded = cv2.imread(str(path), image, cv2.IMREAD_COLOR_RGB | flags)
+        except (cv2.error, TypeError):  # no dst overload in this OpenCV
+            decoded = None
+        if decoded is not None and decoded.shape == (height, width, 3) and np.shares_memory(decoded, image):
+            return decoded
+        del image, decoded
+    data = np.fromfile(path, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR | flags)
+    del data
+    if image is None or image.shape != (height, width, 3):
+        return None
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+
+
 def _read_complete_jpeg(path, max_pixels: int | None) -> np.ndarray | None:
     """An RGB or greyscale JPEG decoded by OpenCV straight into its (H, W, 3) result, or None
     when the file is anything else (then PIL reads it, and refuses it if it must).
 
     PIL keeps RGB at 4 bytes per pixel, so reading through it holds the decoded image and the
-    3-byte result together (336 MB for 48 megapixels); OpenCV decodes into the result alone.
-    Both use libjpeg-turbo: the pixels are identical to PIL's (checked in the tests on real
-    photos). Only files that end with the JPEG end-of-image marker take this path, so a
+    3-byte result together (336 MB for 48 megapixels); OpenCV decodes into the result alone
+    (144 MB). Both use libjpeg-turbo: the pixels are identical to PIL's (checked in the tests on
+    real photos). Only files that end with the JPEG end-of-image marker take this path, so a
     truncated file still gets PIL's error rather than OpenCV's grey fill.
     """
     try:
@@ -342,20 +377,15 @@ def _read_complete_jpeg(path, max_pixels: int | None) -> np.ndarray | None:
                     return None
                 width, height = header.size
                 orientation = header.getexif().get(0x0112, 1)
-        if _size_problem(height, width, limit, "the image"):
+        if _size_problem(height, width, limit, "the image") or not _jpeg_is_complete(path):
             return None
-        data = np.fromfile(path, np.uint8)
     except MemoryError:
         raise
     except Exception:  # anything unusual: PIL's path decides and explains
         return None
-    if data.size < 4 or data[-2] != 0xFF or data[-1] != 0xD9:
+    image = _opencv_decode_rgb(path, height, width)
+    if image is None:
         return None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    del data
-    if image is None or image.shape != (height, width, 3):
-        return None
-    cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
     view = _ORIENTATION_VIEWS.get(orientation)
     return image if view is None else np.ascontiguousarray(view(image))
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
-from .common import MLP, LayerNorm2d
+from .common import MLP, LayerNorm2d, activate_in_place, eager_inference
 from .decoder_api import broadcast_to_prompts
 from .features import ImageFeatures
 
@@ -64,7 +64,13 @@ class HQTokenFusion(nn.Module):
 
     def fused_feature(self, upscaled: torch.Tensor, features: ImageFeatures) -> torch.Tensor:
         """SAM's upscaled decoder feature (B, 32, 256, 256) fused with the image -> (B, 32, 256, 256)."""
-        return self.embedding_maskfeature(upscaled) + broadcast_to_prompts(self.image_fusion(features), upscaled.shape[0])
+        fusion = self.image_fusion(features)
+        if not eager_inference():
+            return self.embedding_maskfeature(upscaled) + broadcast_to_prompts(fusion, upscaled.shape[0])
+        # Inference: the per-prompt maps (64-wide: 1 GB for 64 prompts) activated and summed in place.
+        first, norm, act, second = self.embedding_maskfeature
+        feature = second(activate_in_place(act, norm(first(upscaled))))
+        return feature.add_(fusion)
 
     def hypernetwork(self, token_out: torch.Tensor) -> torch.Tensor:
         """The HQ token's transformer output (B, 256) -> hypernetwork weights (B, 1, 32)."""

@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .common import MLP, LayerNorm2d
+from .common import MLP, LayerNorm2d, channels_last_upscaling, eager_inference
 from .decoder_api import DecoderCapabilities, DecoderOutput, OutputMode, broadcast_to_prompts, hypernetwork_product
 from .features import ImageFeatures
 from .transformer import TwoWayTransformer
@@ -87,13 +87,20 @@ class MaskDecoder(nn.Module):
         hs, src = self.transformer(src, pos, tokens)
         return hs, src.transpose(1, 2).reshape(batch, channels, height, width)
 
+    def upscale(self, src: torch.Tensor) -> torch.Tensor:
+        """(B, 256, 64, 64) updated image -> (B, 32, 256, 256) upscaled feature (channels-last
+        memory in eager inference)."""
+        if not eager_inference():
+            return self.output_upscaling(src)
+        return channels_last_upscaling(self.output_upscaling, src)
+
     def sam_masks(self, hs: torch.Tensor, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits of the 4 SAM mask tokens.
 
         hs: (B, T, 256) token outputs; src: (B, 256, 64, 64) updated image.
         Returns masks (B, 4, 256, 256), IoU predictions (B, 4), upscaled feature (B, 32, 256, 256).
         """
-        upscaled = self.output_upscaling(src)
+        upscaled = self.upscale(src)
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, index]) for index, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1

@@ -12,6 +12,7 @@ from torch import nn
 from ..checkpoints.files import to_official_keys
 from ..errors import InvalidInputError
 from ..ops.upsample import upsample_to_masks
+from .common import eager_inference
 from .decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
 from .features import ImageFeatures
 from .prompt_checks import check_click_points, check_model_prompts
@@ -82,7 +83,16 @@ class Sam(nn.Module):
     def encode_image(self, x: torch.Tensor, extras: frozenset[str] | None = None) -> ImageFeatures:
         """(B, 3, h, w) resized RGB in 0..255 -> :class:`ImageFeatures` with what the decoder needs
         (``extras``: the encoder extras to keep, by default those the decoder declares)."""
-        return self.encode_preprocessed(self.preprocess(x.float()), extras)
+        if not eager_inference():
+            return self.encode_preprocessed(self.preprocess(x.float()), extras)
+        # Inference: the same values normalised in place in one float copy, and padded into one
+        # more (preprocess makes four maps of the image).
+        pixels = x.to(torch.float32, copy=True).sub_(self.pixel_mean).div_(self.pixel_std)
+        height, width = pixels.shape[-2:]
+        image = pixels.new_zeros((*pixels.shape[:-2], self.image_size, self.image_size))
+        image[..., :height, :width] = pixels
+        del pixels
+        return self.encode_preprocessed(image, extras)
 
     def encode_preprocessed(self, image: torch.Tensor, extras: frozenset[str] | None = None) -> ImageFeatures:
         """(B, 3, 1024, 1024) normalised padded image -> :class:`ImageFeatures`.

@@ -7,7 +7,7 @@ depend on when ``.eval()`` was called (the official eval-mode cache is stale aft
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,13 +40,83 @@ class Conv2dBN(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or not eager_inference():
             return self.bn(self.c(x))
-        # Inference: batch norm folded into the convolution's weights (one pass over the map
-        # instead of two; differences ~1e-7 relative, from the changed rounding).
+        return self.folded(x, *self.folded_weights())
+
+    def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The convolution's weight and bias with the batch norm folded in (inference only:
+        one pass over the map instead of two; differences ~1e-7 relative, from the rounding)."""
         conv, bn = self.c, self.bn
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
         bias = (bn.bias - bn.running_mean * scale).to(conv.weight.dtype)
-        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return weight, bias
+
+    def folded(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               padding: tuple[int, int] | None = None) -> torch.Tensor:
+        """The folded convolution of x; ``padding`` (rows, cols) overrides the module's."""
+        conv = self.c
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding if padding is None else padding,
+                        conv.dilation, conv.groups)
+
+    def out_rows(self, in_rows: int) -> int:
+        """Output rows for ``in_rows`` input rows."""
+        conv = self.c
+        return (in_rows + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+
+
+#: Output rows per band in the banded stage-0 convolutions: a band's widest map (256 channels x
+#: 34 rows x 256 columns, 8.9 MB) stays near the cache, where the whole one is 64 MB.
+BAND_ROWS = 32
+
+
+def row_bands(height: int, rows: int = BAND_ROWS) -> Iterator[tuple[int, int]]:
+    """[start, stop) output rows of consecutive bands covering ``height`` rows."""
+    for start in range(0, height, rows):
+        yield start, min(height, start + rows)
+
+
+def input_rows(conv: nn.Conv2d, start: int, stop: int) -> tuple[int, int]:
+    """[first, last) input rows that output rows [start, stop) of ``conv`` read, counting its
+    zero padding (first < 0 or last > the input's height there)."""
+    first = start * conv.stride[0] - conv.padding[0]
+    return first, (stop - 1) * conv.stride[0] - conv.padding[0] + conv.kernel_size[0]
+
+
+def with_zero_rows(band: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
+    """(B, C, h, W) band with ``top`` and ``bottom`` zero rows added (a convolution's padding)."""
+    if top == 0 and bottom == 0:
+        return band
+    return F.pad(band, (0, 0, top, bottom)).contiguous(memory_format=torch.channels_last)
+
+
+def rows_of(x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+    """Rows [first, last) of a (B, C, H, W) map, zero outside [0, H)."""
+    height = x.shape[2]
+    return with_zero_rows(x[:, :, max(0, first):min(height, last)], max(0, -first), max(0, last - height))
+
+
+def banded_pair(x: torch.Tensor, first: Conv2dBN, second: Conv2dBN, rows: int,
+                then: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """``then(second(gelu(first(x))))`` (folded convolutions; ``then`` acts on each row of its
+    input alone) as a channels-last map, computed by bands of ``rows`` output rows so that the
+    intermediate maps are never whole."""
+    first_weights, second_weights = first.folded_weights(), second.folded_weights()
+    mid_height = first.out_rows(x.shape[2])
+    out_height = second.out_rows(mid_height)
+    out = None
+    for start, stop in row_bands(out_height, rows):
+        mid_first, mid_last = input_rows(second.c, start, stop)
+        low, high = max(0, mid_first), min(mid_height, mid_last)
+        mid = gelu_(first.folded(rows_of(x, *input_rows(first.c, low, high)), *first_weights,
+                                 padding=(0, first.c.padding[1])))
+        mid = with_zero_rows(mid, low - mid_first, mid_last - high)
+        band = second.folded(mid, *second_weights, padding=(0, second.c.padding[1]))
+        band = band if then is None else then(band)
+        if out is None:
+            out = torch.empty((band.shape[0], band.shape[1], out_height, band.shape[3]), dtype=band.dtype,
+                              device=band.device, memory_format=torch.channels_last)
+        out[:, :, start:stop] = band
+    return out
 
 
 def gelu_(x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +139,11 @@ class PatchEmbed(nn.Module):
         # Channels-last from here to the first patch merge: oneDNN's 1x1 and depthwise
         # convolutions of stage 0 run 3-4x faster on NHWC maps than on NCHW ones.
         first, _, second = self.seq
-        return second(gelu_(first(x.contiguous(memory_format=torch.channels_last))))
+        x = x.contiguous(memory_format=torch.channels_last)
+        if not eager_inference():
+            return second(F.gelu(first(x)))
+        # By bands of output rows: the 512x512 intermediate (32 MB at 1024) is never whole.
+        return banded_pair(x, first, second, BAND_ROWS // 2)
 
 
 class MBConv(nn.Module):
@@ -87,13 +161,18 @@ class MBConv(nn.Module):
             y = F.gelu(self.conv1(x))
             y = F.gelu(self.conv2(y))
             return F.gelu(self.conv3(y) + x)
-        # Inference: the hidden maps are 4x wider than x (64 MB each at 1024): activate them in
-        # place and drop each as soon as the next exists.
-        hidden = gelu_(self.conv1(x))
-        hidden = gelu_(self.conv2(hidden))
-        out = self.conv3(hidden)
-        del hidden
-        return gelu_(out.add_(x))
+        # Inference by bands of rows: the hidden maps are 4x wider than x (64 MB each at 1024);
+        # a band's stay near the cache, twice as fast, and the whole ones never exist.
+        conv1_weights, conv2_weights, conv3_weights = (conv.folded_weights() for conv in (self.conv1, self.conv2, self.conv3))
+        height = x.shape[2]
+        out = torch.empty_like(x)
+        for start, stop in row_bands(height):
+            low, high = max(0, start - 1), min(height, stop + 1)
+            hidden = gelu_(self.conv1.folded(x[:, :, low:high], *conv1_weights))
+            hidden = with_zero_rows(hidden, low - (start - 1), stop + 1 - high)  # the depthwise conv's padding
+            hidden = gelu_(self.conv2.folded(hidden, *conv2_weights, padding=(0, 1)))
+            out[:, :, start:stop] = gelu_(self.conv3.folded(hidden, *conv3_weights).add_(x[:, :, start:stop]))
+        return out
 
 
 class PatchMerging(nn.Module):
@@ -114,9 +193,14 @@ class PatchMerging(nn.Module):
         if x.ndim == 3:
             size = self.input_resolution
             x = x.transpose(1, 2).reshape(x.shape[0], -1, size, size)
-        x = gelu_(self.conv1(x))
-        x = gelu_(self.conv2(x))
-        return self.conv3(x).flatten(2).transpose(1, 2)
+        if not eager_inference():
+            x = F.gelu(self.conv2(F.gelu(self.conv1(x))))
+            return self.conv3(x).flatten(2).transpose(1, 2)
+        # Inference by bands (stage 0's 128-channel 256x256 map, 32 MB, is never whole).
+        conv3_weights = self.conv3.folded_weights()
+        out = banded_pair(x, self.conv1, self.conv2, BAND_ROWS,
+                          then=lambda band: self.conv3.folded(gelu_(band), *conv3_weights))
+        return out.flatten(2).transpose(1, 2)
 
 
 class ConvLayer(nn.Module):
@@ -194,6 +278,9 @@ class TinyViTBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H*W, C) tokens -> (B, H*W, C)."""
+        if eager_inference():
+            return self._forward_by_chunks(x)
         batch, length, channels = x.shape
         size, window = self.input_resolution, self.window_size
         if size == window:
@@ -213,6 +300,43 @@ class TinyViTBlock(nn.Module):
         x = self.local_conv(x.view(batch, size, size, channels).permute(0, 3, 1, 2))
         x = x.permute(0, 2, 3, 1).reshape(batch, length, channels)
         return x + self.mlp(x)
+
+    def _forward_by_chunks(self, x: torch.Tensor) -> torch.Tensor:
+        """The same block in eager inference, by rows of windows and chunks of tokens: the
+        (windows, heads, 49, 49) scores, q/k/v and the 4x-wide MLP map exist for one chunk at
+        a time (stage 1's are 14-34 MB whole), and stay near the cache."""
+        batch, length, channels = x.shape
+        size, window = self.input_resolution, self.window_size
+        count = -(-size // window)
+        padded = count * window
+        grid = x.view(batch, size, size, channels)
+        out = x.clone()
+        out_grid = out.view(batch, size, size, channels)
+        window_rows = max(1, CHUNK_ELEMENTS // (padded * window * self.attn.qkv.out_features))
+        for first in range(0, count, window_rows):
+            top, bottom = first * window, min(padded, (first + window_rows) * window)
+            rows = grid[:, top:min(bottom, size)]
+            # Zero padding goes in before the attention's own LayerNorm, as in the official code.
+            rows = F.pad(rows, (0, 0, 0, padded - size, 0, bottom - top - rows.shape[1]))
+            band_count = (bottom - top) // window
+            windows = rows.view(batch, band_count, window, count, window, channels).transpose(2, 3)
+            windows = self.attn(windows.reshape(-1, window * window, channels))
+            rows = windows.view(batch, band_count, count, window, window, channels).transpose(2, 3)
+            rows = rows.reshape(batch, bottom - top, padded, channels)
+            out_grid[:, top:min(bottom, size)] += rows[:, : min(bottom, size) - top, :size]
+        # The tokens viewed as a channels-last map: no transposed copy in or out of the conv.
+        out = self.local_conv(out_grid.permute(0, 3, 1, 2))
+        out = out.permute(0, 2, 3, 1).reshape(batch, length, channels)
+        tokens = max(1, CHUNK_ELEMENTS // self.mlp.fc1.out_features)
+        for start in range(0, length, tokens):
+            chunk = out[:, start:start + tokens]
+            chunk += self.mlp(chunk)
+        return out
+
+
+#: Elements of the widest map of one chunk in TinyViT blocks' eager inference (the MLP's hidden
+#: map, the attention's q/k/v): 4 MB of float32, near the cache's size.
+CHUNK_ELEMENTS = 1 << 20
 
 
 class BasicLayer(nn.Module):

@@ -150,10 +150,10 @@ def _check_inputs(input, offset, weight, bias, mask, stride, padding, dilation):
 
 def _nhwc(t: Tensor) -> Tensor:
     """(B, C, H, W) in any memory format -> contiguous (B, H, W, C); free when
-    ``t`` is already channels-last."""
+    ``t`` is already channels-last, one plain copy for a channel slice of such a map."""
     b, c, h, w = t.shape
     out = t.permute(0, 2, 3, 1)
-    if out.is_contiguous() or t.device.type != "cpu":
+    if out.stride(-1) == 1 or t.device.type != "cpu":  # channels-last already (maybe a channel slice)
         return out.contiguous()
     out = t.new_empty(b, h, w, c)
     for i in range(b):
@@ -534,8 +534,16 @@ class DeformableConv2d(nn.Module):
         exporting = torch.onnx.is_in_onnx_export()
         if x.device.type == "cpu" and not exporting:  # (its copy loop would be traced as a constant)
             x = _nhwc(x).permute(0, 3, 1, 2)
-        offset = self.offset_conv(x)  # (B, 2*kh*kw, H_out, W_out)
-        modulator = 2.0 * torch.sigmoid(self.modulator_conv(x))  # (B, kh*kw, H_out, W_out)
+        if torch.is_grad_enabled() or exporting:
+            offset = self.offset_conv(x)  # (B, 2*kh*kw, H_out, W_out)
+            modulator = 2.0 * torch.sigmoid(self.modulator_conv(x))  # (B, kh*kw, H_out, W_out)
+        else:
+            # Inference: both predictors in one convolution (one pass over x, same sums).
+            weight = torch.cat([self.offset_conv.weight, self.modulator_conv.weight])
+            bias = torch.cat([self.offset_conv.bias, self.modulator_conv.bias])
+            both = F.conv2d(x, weight, bias, self.stride, self.padding)
+            offset, modulator = both.split([self.offset_conv.out_channels, self.modulator_conv.out_channels], dim=1)
+            modulator = torch.sigmoid(modulator).mul_(2.0)
         # The exporters cannot trace deform_conv2d's blocked gathers; its standard-op twin.
         convolve = deform_conv2d_by_sampling if exporting else deform_conv2d
         return convolve(

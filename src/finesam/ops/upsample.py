@@ -71,16 +71,20 @@ def upsample_to_masks(logits: torch.Tensor, size: tuple[int, int], threshold: fl
         return F.interpolate(logits, size, mode="bilinear", align_corners=False) > threshold
     height, width = size
     batch, channels, in_height, _ = logits.shape
-    # Width pass with the kernel itself: with the height unchanged its weights are (1, 0), so each
-    # value is exactly the kernel's own horizontal mix of that source row.
-    rows_mixed = F.interpolate(logits, (in_height, width), mode="bilinear", align_corners=False)
     top, bottom, top_weight, bottom_weight = height_weights(in_height, height)
     masks = torch.empty((batch, channels, height, width), dtype=torch.bool)
     step = max(1, STRIP_ELEMENTS // (batch * channels * width))
     for start in range(0, height, step):
         rows = slice(start, min(start + step, height))
-        upper = rows_mixed.index_select(2, top[rows])
-        lower = rows_mixed.index_select(2, bottom[rows]).mul_(bottom_weight[rows, None])
+        # Width pass with the kernel itself, on the source rows this strip reads: with the
+        # height unchanged its weights are (1, 0), so each value is exactly the kernel's own
+        # horizontal mix of that source row (and the full-width map is never whole).
+        first, last = int(top[rows][0]), int(bottom[rows][-1]) + 1
+        source = logits[:, :, first:last]
+        rows_mixed = F.interpolate(source, (last - first, width), mode="bilinear", align_corners=False)
+        upper = rows_mixed.index_select(2, top[rows] - first)
+        lower = rows_mixed.index_select(2, bottom[rows] - first).mul_(bottom_weight[rows, None])
+        del rows_mixed
         mixed = torch.addcmul(lower, upper, top_weight[rows, None])
         torch.gt(mixed, 0.0, out=masks[:, :, rows])
         if torch.count_nonzero(mixed) < mixed.numel():  # a zero may hide the exact sum's sign: decide in float64

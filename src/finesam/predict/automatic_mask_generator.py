@@ -53,6 +53,12 @@ OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 _UPSAMPLE_ELEMENTS = 1 << 26
 
 
+def _keep(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``values[keep]`` for a boolean row mask; ``values`` itself (no copy of full-resolution
+    masks) when every row is kept."""
+    return values if bool(keep.all()) else values[keep]
+
+
 class AutomaticMaskGenerator:
     """Generates masks for an entire image: point-grid prompts, quality filtering, NMS.
 
@@ -258,20 +264,18 @@ class AutomaticMaskGenerator:
             stability = calculate_stability_score(logits, model.mask_threshold, self.stability_score_offset)
             if self.stability_score_thresh > 0.0:
                 stable = stability >= self.stability_score_thresh
-            else:
-                stable = torch.ones_like(stability, dtype=torch.bool)
-            masks = logits[stable] > model.mask_threshold
+                logits, index, stability = _keep(logits, stable), _keep(index, stable), _keep(stability, stable)
+            masks = logits > model.mask_threshold
             del logits
             boxes = batched_mask_to_box(masks)
             # Masks cut by a crop edge (that is not an image edge) are left to other crops.
             inner = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
-            masks = masks[inner]
-            index = index[stable][inner]
+            masks, index, stability, boxes = (_keep(v, inner) for v in (masks, index, stability, boxes))
             out.cat(MaskData(
                 iou_preds=iou_preds[index].float().cpu(),
                 points=point_rows[index.cpu()],
-                stability_score=stability[stable][inner].float().cpu(),
-                boxes=boxes[inner].cpu(),
+                stability_score=stability.float().cpu(),
+                boxes=boxes.cpu(),
                 rles=mask_to_rle(uncrop_masks(masks, crop_box, orig_h, orig_w)),
             ))
         return out

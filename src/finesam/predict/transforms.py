@@ -27,6 +27,8 @@ def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]
 
 #: Images up to this many pixels are resized in one PIL call; larger ones by strips (same result).
 _WHOLE_IMAGE_PIXELS = 1 << 22
+#: Pixels per strip (PIL copies each at 4 bytes per pixel: 4 MB).
+_STRIP_PIXELS = 1 << 20
 
 
 class ResizeLongestSide:
@@ -46,11 +48,11 @@ class ResizeLongestSide:
         """(H, W, 3) uint8 -> (h, w, 3) uint8; an empty image raises InvalidInputError.
 
         Bit-identical to ``Image.fromarray(image).resize((w, h), BILINEAR)``, in PIL's own two
-        passes run separately: the horizontal pass on strips of rows (each strip gets the
-        whole-image coefficients: PIL filters rows independently and skips the vertical pass
-        when the height is kept), then the vertical pass on the narrow intermediate. PIL stores
-        RGB at 4 bytes per pixel, so one ``fromarray`` of a 48-megapixel photo would copy 192 MB;
-        strips keep that copy to a few MB.
+        passes run separately: the horizontal pass on strips of rows, then the vertical pass on
+        strips of columns of the narrow intermediate (each strip gets the whole image's
+        coefficients: PIL filters rows and columns independently and skips a pass when its
+        side is kept). PIL stores RGB at 4 bytes per pixel, so one ``fromarray`` of a
+        48-megapixel photo would copy 192 MB; strips keep each copy to 4 MB.
         """
         height, width = self.get_preprocess_shape(*image.shape[:2])
         image = np.ascontiguousarray(image)
@@ -58,13 +60,21 @@ class ResizeLongestSide:
         if full_height * full_width <= _WHOLE_IMAGE_PIXELS:
             return np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
         narrow = np.empty((full_height, width, image.shape[2]), np.uint8)
-        rows = max(1, _WHOLE_IMAGE_PIXELS // full_width)
+        rows = max(1, _STRIP_PIXELS // full_width)
         for top in range(0, full_height, rows):
             strip = image[top:top + rows]
             narrow[top:top + len(strip)] = np.asarray(
                 Image.fromarray(strip).resize((width, len(strip)), Image.BILINEAR, box=(0, 0, full_width, len(strip)))
             )
-        return np.array(Image.fromarray(narrow).resize((width, height), Image.BILINEAR))
+        out = np.empty((height, width, image.shape[2]), np.uint8)
+        columns = max(1, _STRIP_PIXELS // full_height)
+        for left in range(0, width, columns):
+            strip = np.ascontiguousarray(narrow[:, left:left + columns])
+            out[:, left:left + strip.shape[1]] = np.asarray(
+                Image.fromarray(strip).resize((strip.shape[1], height), Image.BILINEAR,
+                                              box=(0, 0, strip.shape[1], full_height))
+            )
+        return out
 
     def apply_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
         """(..., 2) (x, y) pixels of the original image -> the resized frame (float)."""
