@@ -54,6 +54,15 @@ def test_tinyvit_banded_inference_equals_the_plain_graph(batch):
         assert_close(alone.embedding[0], plain.embedding[1])
 
 
+def test_tinyvit_in_training_mode_keeps_batch_statistics():
+    """Without gradients but in training mode (e.g. a frozen encoder inside ``model.train()``),
+    batch norm normalises by the batch: nothing may be folded with the running statistics."""
+    encoder = randomize_(finesam.load("mobile_sam", random_weights=True).image_encoder, seed=4, scale=0.05).train()
+    image = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(9))
+    eager, plain = both_paths(lambda: encoder(image))
+    assert_close(eager.embedding, plain.embedding)
+
+
 @pytest.mark.parametrize("shape,bias", [((1, 64, 64, 256), True), ((3, 5, 7, 16), False), ((2, 1, 9, 8), True)])
 def test_transposed_conv_2x2_equals_conv_transpose(shape, bias):
     generator = torch.Generator().manual_seed(sum(shape))
@@ -108,3 +117,18 @@ def test_decoders_inference_equals_the_plain_graph(name):
         with torch.enable_grad():
             plain_fix = model.correct(plain.state, points, flags)
         assert_close(eager_fix.logits, plain_fix.logits)
+
+
+def test_forward_hooks_see_each_module_call_once():
+    """A hooked module keeps its calls: the banded and chunked forms step aside for it (they
+    would skip it, or call it once per band)."""
+    model = finesam.load("mobile_sam", random_weights=True)
+    calls = []
+    encoder, decoder = model.image_encoder, model.mask_decoder
+    for name, module in (("mbconv", encoder.layers[0].blocks[0].conv1), ("attention", encoder.layers[1].blocks[0].attn),
+                         ("upscaling", decoder.output_upscaling[0])):
+        module.register_forward_hook(lambda *args, name=name: calls.append(name))
+    with torch.no_grad():
+        features = model.encode_image(torch.rand(1, 3, 1024, 768) * 255)
+        model.decode(features, None, torch.tensor([[10.0, 20.0, 500.0, 600.0]]), None, OutputMode(multimask=False))
+    assert sorted(calls) == ["attention", "mbconv", "upscaling"]

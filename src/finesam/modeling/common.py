@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..ops.hooks import has_forward_hooks
+
+
+#: Output rows per band in banded convolutions at 256x256 (TinyViT stage 0, HQ's mask feature):
+#: a band's widest map (256 channels x 34 rows x 256 columns, 8.9 MB) stays near the cache,
+#: where the whole one is 64 MB.
+BAND_ROWS = 32
+
+
+def row_bands(height: int, rows: int = BAND_ROWS) -> Iterator[tuple[int, int]]:
+    """[start, stop) output rows of consecutive bands covering ``height`` rows."""
+    for start in range(0, height, rows):
+        yield start, min(height, start + rows)
+
+
+def input_rows(conv: nn.Conv2d, start: int, stop: int) -> tuple[int, int]:
+    """[first, last) input rows that output rows [start, stop) of ``conv`` read, counting its
+    zero padding (first < 0 or last > the input's height there)."""
+    first = start * conv.stride[0] - conv.padding[0]
+    return first, (stop - 1) * conv.stride[0] - conv.padding[0] + conv.kernel_size[0]
+
+
+def with_zero_rows(band: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
+    """(B, C, h, W) band with ``top`` and ``bottom`` zero rows added (a convolution's padding)."""
+    if top == 0 and bottom == 0:
+        return band
+    return F.pad(band, (0, 0, top, bottom)).contiguous(memory_format=torch.channels_last)
+
+
+def rows_of(x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+    """Rows [first, last) of a (B, C, H, W) map, zero outside [0, H)."""
+    height = x.shape[2]
+    return with_zero_rows(x[:, :, max(0, first):min(height, last)], max(0, -first), max(0, last - height))
 
 
 class LayerNorm2d(nn.Module):
@@ -24,11 +60,15 @@ class LayerNorm2d(nn.Module):
         return normed.permute(0, 3, 1, 2)
 
 
-def eager_inference() -> bool:
+def eager_inference(*observed: nn.Module) -> bool:
     """True in plain eager inference (no gradient recorded, not tracing or compiling): where
-    in-place and chunked forms of the same computation apply; autograd and exporters see the
-    plain graph."""
-    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+    in-place, chunked and fused forms of the same computation apply; autograd and exporters see
+    the plain graph. False also while one of ``observed`` (or a submodule of it) has forward
+    hooks: a form that bypasses or splits those modules' calls would skip or repeat the hooks.
+    """
+    if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return not any(has_forward_hooks(module) for module in observed)
 
 
 def transposed_conv_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
@@ -50,17 +90,19 @@ def transposed_conv_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tens
 
 
 def channels_last_upscaling(upscaling: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """SAM's decoder upscaling ``ConvT(2x2) -> LayerNorm2d -> act -> ConvT(2x2) -> act`` (4x) in
-    eager inference, on channels-last maps from end to end.
+    """A 4x upscaling ``ConvT(2x2) -> LayerNorm2d -> act -> ConvT(2x2) [-> act]`` (SAM's decoder
+    upscaling, HQ's fusion branches) in eager inference, on channels-last maps end to end.
 
-    x: (B, C, H, W) -> (B, C/8, 4H, 4W) as a channels-last view (memory (B, 4H, 4W, C/8)): the
-    layer norm then works on contiguous pixels and no layout copy is made.
+    x: (B, C, H, W) -> (B, C_out, 4H, 4W) as a channels-last view (memory (B, 4H, 4W, C_out)):
+    the layer norm then works on contiguous pixels and no layout copy is made.
     """
-    first, norm, first_act, second, second_act = upscaling
+    first, norm, first_act, second, *last_act = upscaling
     y = transposed_conv_2x2(x.permute(0, 2, 3, 1).contiguous(), first)
     y = F.layer_norm(y, norm.weight.shape, norm.weight, norm.bias, norm.eps)
     y = transposed_conv_2x2(activate_in_place(first_act, y), second)
-    return activate_in_place(second_act, y).permute(0, 3, 1, 2)
+    for act in last_act:
+        y = activate_in_place(act, y)
+    return y.permute(0, 3, 1, 2)
 
 
 def activate_in_place(act: nn.Module, x: torch.Tensor) -> torch.Tensor:

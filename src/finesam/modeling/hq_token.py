@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from .common import MLP, LayerNorm2d, activate_in_place, eager_inference
+from .common import (
+    MLP,
+    LayerNorm2d,
+    activate_in_place,
+    channels_last_upscaling,
+    eager_inference,
+    row_bands,
+    rows_of,
+    with_zero_rows,
+)
 from .decoder_api import broadcast_to_prompts
 from .features import ImageFeatures
 
@@ -58,19 +68,42 @@ class HQTokenFusion(nn.Module):
 
         def fuse() -> torch.Tensor:
             early = features.early.permute(0, 3, 1, 2)
-            return self.embedding_encoder(features.embedding) + self.compress_vit_feat(early)
+            if not eager_inference(self.compress_vit_feat, self.embedding_encoder):
+                return self.embedding_encoder(features.embedding) + self.compress_vit_feat(early)
+            # Inference: both branches as channels-last matrix products (the early feature is
+            # channels-last already; oneDNN's transposed convolutions would copy it to NCHW).
+            fused = channels_last_upscaling(self.compress_vit_feat, early)
+            return fused.add_(channels_last_upscaling(self.embedding_encoder, features.embedding))
 
         return features.derive_once(self, "image_fusion", fuse)
 
     def fused_feature(self, upscaled: torch.Tensor, features: ImageFeatures) -> torch.Tensor:
         """SAM's upscaled decoder feature (B, 32, 256, 256) fused with the image -> (B, 32, 256, 256)."""
         fusion = self.image_fusion(features)
-        if not eager_inference():
+        if not eager_inference(self.embedding_maskfeature):
             return self.embedding_maskfeature(upscaled) + broadcast_to_prompts(fusion, upscaled.shape[0])
-        # Inference: the per-prompt maps (64-wide: 1 GB for 64 prompts) activated and summed in place.
+        return self._fused_feature_by_bands(upscaled, fusion)
+
+    def _fused_feature_by_bands(self, upscaled: torch.Tensor, fusion: torch.Tensor) -> torch.Tensor:
+        """:meth:`fused_feature` in eager inference, per prompt and by bands of rows: the
+        64-channel intermediate (16 MB per prompt, 1 GB for an AMG batch of 64) is never whole,
+        and its layer norm and GELU run on a band in cache. Same sums as the plain graph."""
         first, norm, act, second = self.embedding_maskfeature
-        feature = second(activate_in_place(act, norm(first(upscaled))))
-        return feature.add_(fusion)
+        prompts, _, height, width = upscaled.shape
+        out = torch.empty((prompts, second.out_channels, height, width), dtype=upscaled.dtype,
+                          device=upscaled.device, memory_format=torch.channels_last)
+        fusion = broadcast_to_prompts(fusion, prompts)
+        for prompt in range(prompts):
+            x, image = upscaled[prompt : prompt + 1], fusion[prompt : prompt + 1]
+            for start, stop in row_bands(height):
+                low, high = max(0, start - 1), min(height, stop + 1)  # the second conv's input rows
+                mid = F.conv2d(rows_of(x, low - 1, high + 1), first.weight, first.bias, padding=(0, 1))
+                mid = F.layer_norm(mid.permute(0, 2, 3, 1), norm.weight.shape, norm.weight, norm.bias, norm.eps)
+                mid = activate_in_place(act, mid).permute(0, 3, 1, 2)
+                mid = with_zero_rows(mid, low - (start - 1), stop + 1 - high)
+                band = F.conv2d(mid, second.weight, second.bias, padding=(0, 1))
+                out[prompt : prompt + 1, :, start:stop] = band.add_(image[:, :, start:stop])
+        return out
 
     def hypernetwork(self, token_out: torch.Tensor) -> torch.Tensor:
         """The HQ token's transformer output (B, 256) -> hypernetwork weights (B, 1, 32)."""

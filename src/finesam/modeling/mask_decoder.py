@@ -90,7 +90,7 @@ class MaskDecoder(nn.Module):
     def upscale(self, src: torch.Tensor) -> torch.Tensor:
         """(B, 256, 64, 64) updated image -> (B, 32, 256, 256) upscaled feature (channels-last
         memory in eager inference)."""
-        if not eager_inference():
+        if not eager_inference(self.output_upscaling):
             return self.output_upscaling(src)
         return channels_last_upscaling(self.output_upscaling, src)
 

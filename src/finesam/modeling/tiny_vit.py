@@ -7,13 +7,13 @@ depend on when ``.eval()`` was called (the official eval-mode cache is stale aft
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, eager_inference
+from .common import BAND_ROWS, LayerNorm2d, eager_inference, input_rows, row_bands, rows_of, with_zero_rows
 from .features import ImageFeatures
 
 
@@ -38,7 +38,7 @@ class Conv2dBN(nn.Sequential):
         self.add_module("bn", bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or not eager_inference():
+        if not folded_inference(self):
             return self.bn(self.c(x))
         return self.folded(x, *self.folded_weights())
 
@@ -62,37 +62,6 @@ class Conv2dBN(nn.Sequential):
         """Output rows for ``in_rows`` input rows."""
         conv = self.c
         return (in_rows + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
-
-
-#: Output rows per band in the banded stage-0 convolutions: a band's widest map (256 channels x
-#: 34 rows x 256 columns, 8.9 MB) stays near the cache, where the whole one is 64 MB.
-BAND_ROWS = 32
-
-
-def row_bands(height: int, rows: int = BAND_ROWS) -> Iterator[tuple[int, int]]:
-    """[start, stop) output rows of consecutive bands covering ``height`` rows."""
-    for start in range(0, height, rows):
-        yield start, min(height, start + rows)
-
-
-def input_rows(conv: nn.Conv2d, start: int, stop: int) -> tuple[int, int]:
-    """[first, last) input rows that output rows [start, stop) of ``conv`` read, counting its
-    zero padding (first < 0 or last > the input's height there)."""
-    first = start * conv.stride[0] - conv.padding[0]
-    return first, (stop - 1) * conv.stride[0] - conv.padding[0] + conv.kernel_size[0]
-
-
-def with_zero_rows(band: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
-    """(B, C, h, W) band with ``top`` and ``bottom`` zero rows added (a convolution's padding)."""
-    if top == 0 and bottom == 0:
-        return band
-    return F.pad(band, (0, 0, top, bottom)).contiguous(memory_format=torch.channels_last)
-
-
-def rows_of(x: torch.Tensor, first: int, last: int) -> torch.Tensor:
-    """Rows [first, last) of a (B, C, H, W) map, zero outside [0, H)."""
-    height = x.shape[2]
-    return with_zero_rows(x[:, :, max(0, first):min(height, last)], max(0, -first), max(0, last - height))
 
 
 def banded_pair(x: torch.Tensor, first: Conv2dBN, second: Conv2dBN, rows: int,
@@ -119,6 +88,13 @@ def banded_pair(x: torch.Tensor, first: Conv2dBN, second: Conv2dBN, rows: int,
     return out
 
 
+def folded_inference(module: nn.Module) -> bool:
+    """Eager inference in eval mode without hooks on ``module``: where batch norm may be folded
+    into the convolutions and maps split in bands (in training mode batch norm normalises by
+    the batch's statistics)."""
+    return not module.training and eager_inference(module)
+
+
 def gelu_(x: torch.Tensor) -> torch.Tensor:
     """GELU, in place in eager inference (one map less to allocate)."""
     return torch.ops.aten.gelu_(x) if eager_inference() else F.gelu(x)
@@ -140,7 +116,7 @@ class PatchEmbed(nn.Module):
         # convolutions of stage 0 run 3-4x faster on NHWC maps than on NCHW ones.
         first, _, second = self.seq
         x = x.contiguous(memory_format=torch.channels_last)
-        if not eager_inference():
+        if not folded_inference(self):
             return second(F.gelu(first(x)))
         # By bands of output rows: the 512x512 intermediate (32 MB at 1024) is never whole.
         return banded_pair(x, first, second, BAND_ROWS // 2)
@@ -157,7 +133,7 @@ class MBConv(nn.Module):
         self.conv3 = Conv2dBN(hidden, chans, bn_weight_init=0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not eager_inference():
+        if not folded_inference(self):
             y = F.gelu(self.conv1(x))
             y = F.gelu(self.conv2(y))
             return F.gelu(self.conv3(y) + x)
@@ -193,7 +169,7 @@ class PatchMerging(nn.Module):
         if x.ndim == 3:
             size = self.input_resolution
             x = x.transpose(1, 2).reshape(x.shape[0], -1, size, size)
-        if not eager_inference():
+        if not folded_inference(self):
             x = F.gelu(self.conv2(F.gelu(self.conv1(x))))
             return self.conv3(x).flatten(2).transpose(1, 2)
         # Inference by bands (stage 0's 128-channel 256x256 map, 32 MB, is never whole).
@@ -279,7 +255,7 @@ class TinyViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H*W, C) tokens -> (B, H*W, C)."""
-        if eager_inference():
+        if eager_inference(self):
             return self._forward_by_chunks(x)
         batch, length, channels = x.shape
         size, window = self.input_resolution, self.window_size
