@@ -5,11 +5,10 @@ with one logit map."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from .common import LayerNorm2d, activate_in_place, eager_inference, transposed_conv_2x2
+from .common import LayerNorm2d, eager_inference
 from .decoder_api import broadcast_to_prompts, hypernetwork_product
 from .features import ImageFeatures
 from .object_embedder import OBJECT_DIM, ObjectEmbedder
@@ -69,14 +68,7 @@ class HighResHead(nn.Module):
 
     def logits(self, object_embedding: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
         """(B, 32, 256, 256) object embedding + (1 or B, 8, 1024, 1024) RGB -> (B, 1, 1024, 1024) logits."""
-        if not eager_inference(self.output_upscaling_2):
-            upscaled = self.output_upscaling_2(object_embedding)
-            return self.out_act(upscaled + broadcast_to_prompts(rgb, upscaled.shape[0]))
-        # Inference on channels-last maps: the 2x2 transposed convolutions as matrix products
-        # (no NCHW copies of the 512x512 and 1024x1024 maps), the RGB embedding added in place.
-        first, norm, act, second = self.output_upscaling_2
-        upscaled = transposed_conv_2x2(object_embedding.permute(0, 2, 3, 1).contiguous(), first)
-        upscaled = F.layer_norm(upscaled, norm.weight.shape, norm.weight, norm.bias, norm.eps)
-        upscaled = transposed_conv_2x2(activate_in_place(act, upscaled), second)
-        upscaled += rgb.permute(0, 2, 3, 1)
-        return self.out_act(upscaled.permute(0, 3, 1, 2))
+        upscaled = self.output_upscaling_2(object_embedding)
+        rgb = broadcast_to_prompts(rgb, upscaled.shape[0])
+        # In inference the fresh 1024x1024 map takes the RGB embedding in place (both channels-last).
+        return self.out_act(upscaled.add_(rgb) if eager_inference() else upscaled + rgb)

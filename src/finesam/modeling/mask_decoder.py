@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .common import MLP, LayerNorm2d, channels_last_upscaling, eager_inference
+from .common import MLP, LayerNorm2d
 from .decoder_api import DecoderCapabilities, DecoderOutput, OutputMode, broadcast_to_prompts, hypernetwork_product
 from .features import ImageFeatures
 from .transformer import TwoWayTransformer
@@ -85,14 +85,10 @@ class MaskDecoder(nn.Module):
         pos = image_pe.expand(prompts, -1, -1, -1)
         batch, channels, height, width = src.shape
         hs, src = self.transformer(src, pos, tokens)
-        return hs, src.transpose(1, 2).reshape(batch, channels, height, width)
-
-    def upscale(self, src: torch.Tensor) -> torch.Tensor:
-        """(B, 256, 64, 64) updated image -> (B, 32, 256, 256) upscaled feature (channels-last
-        memory in eager inference)."""
-        if not eager_inference(self.output_upscaling):
-            return self.output_upscaling(src)
-        return channels_last_upscaling(self.output_upscaling, src)
+        # The image tokens viewed as a channels-last map (no copy). A reshape of their transpose
+        # gives the same view with a batch stride of C when B = 1, which oneDNN does not take
+        # for channels-last: it then copies the map to NCHW (5x slower upscaling).
+        return hs, src.view(batch, height, width, channels).permute(0, 3, 1, 2)
 
     def sam_masks(self, hs: torch.Tensor, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits of the 4 SAM mask tokens.
@@ -100,7 +96,7 @@ class MaskDecoder(nn.Module):
         hs: (B, T, 256) token outputs; src: (B, 256, 64, 64) updated image.
         Returns masks (B, 4, 256, 256), IoU predictions (B, 4), upscaled feature (B, 32, 256, 256).
         """
-        upscaled = self.upscale(src)
+        upscaled = self.output_upscaling(src)
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, index]) for index, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
