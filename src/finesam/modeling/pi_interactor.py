@@ -52,7 +52,7 @@ class InteractorBlock(nn.Module):
         q = image + image_pe
         image = self.norm1(image + self.cross_attn_image_to_token(q, tokens, tokens, key_padding_mask))
         batch, _, channels = image.shape
-        grid = image.transpose(1, 2).reshape(batch, channels, *size)
+        grid = image.view(batch, *size, channels).permute(0, 3, 1, 2)  # channels-last, no copy
         grid = grid + self.mlp(grid)
         image = self.norm2(grid.flatten(2).transpose(1, 2))
         q = image + image_pe
@@ -145,5 +145,6 @@ class PreciseInteractor(nn.Module):
             key_padding = torch.cat([padding.new_zeros(padding.shape[0], 1), padding], dim=1)
         image_pe = self.img_pe.unsqueeze(0).expand(feature.shape[0], -1, -1, -1)
         updated = self.transformer(feature, image_pe, tokens, key_padding)
-        updated = updated.transpose(1, 2).reshape(feature.shape)
+        batch, channels, height, width = feature.shape
+        updated = updated.view(batch, height, width, channels).permute(0, 3, 1, 2)  # channels-last, no copy
         return self.out_cov(updated) + feature

@@ -168,7 +168,7 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
             size = self.input_resolution
-            x = x.transpose(1, 2).reshape(x.shape[0], -1, size, size)
+            x = x.view(x.shape[0], size, size, -1).permute(0, 3, 1, 2)  # channels-last, no copy
         if not folded_inference(self):
             x = F.gelu(self.conv2(F.gelu(self.conv1(x))))
             return self.conv3(x).flatten(2).transpose(1, 2)
