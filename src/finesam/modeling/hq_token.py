@@ -7,16 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from .common import (
-    MLP,
-    LayerNorm2d,
-    activate_in_place,
-    channels_last_upscaling,
-    eager_inference,
-    row_bands,
-    rows_of,
-    with_zero_rows,
-)
+from .common import MLP, LayerNorm2d, activate_in_place, channels_last_upscaling, conv_pair_by_bands, eager_inference
 from .decoder_api import broadcast_to_prompts
 from .features import ImageFeatures
 
@@ -93,16 +84,20 @@ class HQTokenFusion(nn.Module):
         out = torch.empty((prompts, second.out_channels, height, width), dtype=upscaled.dtype,
                           device=upscaled.device, memory_format=torch.channels_last)
         fusion = broadcast_to_prompts(fusion, prompts)
+
+        def first_conv(rows: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+            mid = F.conv2d(rows, first.weight, first.bias, padding=padding)
+            mid = F.layer_norm(mid.permute(0, 2, 3, 1), norm.weight.shape, norm.weight, norm.bias, norm.eps)
+            return activate_in_place(act, mid).permute(0, 3, 1, 2)
+
         for prompt in range(prompts):
-            x, image = upscaled[prompt : prompt + 1], fusion[prompt : prompt + 1]
-            for start, stop in row_bands(height):
-                low, high = max(0, start - 1), min(height, stop + 1)  # the second conv's input rows
-                mid = F.conv2d(rows_of(x, low - 1, high + 1), first.weight, first.bias, padding=(0, 1))
-                mid = F.layer_norm(mid.permute(0, 2, 3, 1), norm.weight.shape, norm.weight, norm.bias, norm.eps)
-                mid = activate_in_place(act, mid).permute(0, 3, 1, 2)
-                mid = with_zero_rows(mid, low - (start - 1), stop + 1 - high)
-                band = F.conv2d(mid, second.weight, second.bias, padding=(0, 1))
-                out[prompt : prompt + 1, :, start:stop] = band.add_(image[:, :, start:stop])
+            image = fusion[prompt : prompt + 1]
+            conv_pair_by_bands(
+                upscaled[prompt : prompt + 1], first, second, first_conv,
+                lambda mid, padding, start, stop: F.conv2d(mid, second.weight, second.bias, padding=padding)
+                .add_(image[:, :, start:stop]),
+                out=out[prompt : prompt + 1],
+            )
         return out
 
     def hypernetwork(self, token_out: torch.Tensor) -> torch.Tensor:

@@ -7,13 +7,13 @@ depend on when ``.eval()`` was called (the official eval-mode cache is stale aft
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import BAND_ROWS, LayerNorm2d, eager_inference, input_rows, row_bands, rows_of, with_zero_rows
+from .common import BAND_ROWS, LayerNorm2d, conv_pair_by_bands, eager_inference
 from .features import ImageFeatures
 
 
@@ -58,35 +58,6 @@ class Conv2dBN(nn.Sequential):
         return F.conv2d(x, weight, bias, conv.stride, conv.padding if padding is None else padding,
                         conv.dilation, conv.groups)
 
-    def out_rows(self, in_rows: int) -> int:
-        """Output rows for ``in_rows`` input rows."""
-        conv = self.c
-        return (in_rows + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
-
-
-def banded_pair(x: torch.Tensor, first: Conv2dBN, second: Conv2dBN, rows: int,
-                then: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """``then(second(gelu(first(x))))`` (folded convolutions; ``then`` acts on each row of its
-    input alone) as a channels-last map, computed by bands of ``rows`` output rows so that the
-    intermediate maps are never whole."""
-    first_weights, second_weights = first.folded_weights(), second.folded_weights()
-    mid_height = first.out_rows(x.shape[2])
-    out_height = second.out_rows(mid_height)
-    out = None
-    for start, stop in row_bands(out_height, rows):
-        mid_first, mid_last = input_rows(second.c, start, stop)
-        low, high = max(0, mid_first), min(mid_height, mid_last)
-        mid = gelu_(first.folded(rows_of(x, *input_rows(first.c, low, high)), *first_weights,
-                                 padding=(0, first.c.padding[1])))
-        mid = with_zero_rows(mid, low - mid_first, mid_last - high)
-        band = second.folded(mid, *second_weights, padding=(0, second.c.padding[1]))
-        band = band if then is None else then(band)
-        if out is None:
-            out = torch.empty((band.shape[0], band.shape[1], out_height, band.shape[3]), dtype=band.dtype,
-                              device=band.device, memory_format=torch.channels_last)
-        out[:, :, start:stop] = band
-    return out
-
 
 def folded_inference(module: nn.Module) -> bool:
     """Eager inference in eval mode without hooks on ``module``: where batch norm may be folded
@@ -119,7 +90,13 @@ class PatchEmbed(nn.Module):
         if not folded_inference(self):
             return second(F.gelu(first(x)))
         # By bands of output rows: the 512x512 intermediate (32 MB at 1024) is never whole.
-        return banded_pair(x, first, second, BAND_ROWS // 2)
+        first_weights, second_weights = first.folded_weights(), second.folded_weights()
+        return conv_pair_by_bands(
+            x, first.c, second.c,
+            lambda rows, padding: gelu_(first.folded(rows, *first_weights, padding=padding)),
+            lambda mid, padding, start, stop: second.folded(mid, *second_weights, padding=padding),
+            BAND_ROWS // 2,
+        )
 
 
 class MBConv(nn.Module):
@@ -140,15 +117,13 @@ class MBConv(nn.Module):
         # Inference by bands of rows: the hidden maps are 4x wider than x (64 MB each at 1024);
         # a band's stay near the cache, twice as fast, and the whole ones never exist.
         conv1_weights, conv2_weights, conv3_weights = (conv.folded_weights() for conv in (self.conv1, self.conv2, self.conv3))
-        height = x.shape[2]
-        out = torch.empty_like(x)
-        for start, stop in row_bands(height):
-            low, high = max(0, start - 1), min(height, stop + 1)
-            hidden = gelu_(self.conv1.folded(x[:, :, low:high], *conv1_weights))
-            hidden = with_zero_rows(hidden, low - (start - 1), stop + 1 - high)  # the depthwise conv's padding
-            hidden = gelu_(self.conv2.folded(hidden, *conv2_weights, padding=(0, 1)))
-            out[:, :, start:stop] = gelu_(self.conv3.folded(hidden, *conv3_weights).add_(x[:, :, start:stop]))
-        return out
+        return conv_pair_by_bands(
+            x, self.conv1.c, self.conv2.c,
+            lambda rows, padding: gelu_(self.conv1.folded(rows, *conv1_weights, padding=padding)),
+            lambda hidden, padding, start, stop: gelu_(self.conv3.folded(
+                gelu_(self.conv2.folded(hidden, *conv2_weights, padding=padding)), *conv3_weights
+            ).add_(x[:, :, start:stop])),
+        )
 
 
 class PatchMerging(nn.Module):
@@ -173,9 +148,14 @@ class PatchMerging(nn.Module):
             x = F.gelu(self.conv2(F.gelu(self.conv1(x))))
             return self.conv3(x).flatten(2).transpose(1, 2)
         # Inference by bands (stage 0's 128-channel 256x256 map, 32 MB, is never whole).
-        conv3_weights = self.conv3.folded_weights()
-        out = banded_pair(x, self.conv1, self.conv2, BAND_ROWS,
-                          then=lambda band: self.conv3.folded(gelu_(band), *conv3_weights))
+        conv1_weights, conv2_weights, conv3_weights = (conv.folded_weights() for conv in (self.conv1, self.conv2, self.conv3))
+        out = conv_pair_by_bands(
+            x, self.conv1.c, self.conv2.c,
+            lambda rows, padding: gelu_(self.conv1.folded(rows, *conv1_weights, padding=padding)),
+            lambda mid, padding, start, stop: self.conv3.folded(
+                gelu_(self.conv2.folded(mid, *conv2_weights, padding=padding)), *conv3_weights
+            ),
+        )
         return out.flatten(2).transpose(1, 2)
 
 
