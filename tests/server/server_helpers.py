@@ -3,7 +3,11 @@ test process, so that the real ECSSD image is encoded once for all server tests.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -58,3 +62,22 @@ def reference_session(image_path) -> InteractiveSession:
     predictor = finesam.SamPredictor(shared_model(), keep_early_feature=False)
     predictor.set_features(entry.features, image.shape[:2])
     return InteractiveSession(predictor)
+
+
+@contextlib.contextmanager
+def serving(app):
+    """``app`` under uvicorn on a free loopback port, in a thread; yields its URL."""
+    uvicorn = pytest.importorskip("uvicorn")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()

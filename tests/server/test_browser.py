@@ -5,14 +5,10 @@ $FINESAM_SCREENSHOTS if set, e.g. ``docs`` to refresh the README's picture)."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -21,28 +17,9 @@ import pytest
 from PIL import Image
 
 from conftest import data_path
-from server_helpers import make_app, reference_session, shared_model
+from server_helpers import make_app, reference_session, serving, shared_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@contextlib.contextmanager
-def serving(app):
-    """``app`` under uvicorn on a free loopback port, in a thread; yields its URL."""
-    uvicorn = pytest.importorskip("uvicorn")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,16 @@ Endpoints (``{id}``: an image id of the caller's browser session, from its cooki
 - ``GET /api/images/{id}``: the open image's objects and current object;
   ``GET /api/images/{id}/pixels``: the image as decoded (EXIF orientation applied);
 - ``POST /api/images/{id}/box`` (``{"box": [x0, y0, x1, y1]}``), ``/click``
-  (``{"x", "y", "positive"}``), ``/undo``, ``/clear``, ``/commit``, ``/hq_output`` (``{"mode"}``);
+  (``{"x", "y", "positive"}``), ``/undo``, ``/clear``, ``/commit``, ``/hq_output`` (``{"mode"}``),
+  ``/save`` (write a folder image's objects again after a failed save);
   ``DELETE /api/images/{id}/objects/{object_id}``;
-- ``GET /api/images/{id}/export.zip``: instance PNG, one PNG per object, COCO JSON.
+- ``GET /api/images/{id}/export.zip``: instance PNG, one PNG per object, COCO JSON (from memory:
+  it never depends on the folder being writable).
 
-Refusals are 4xx JSON answers ``{"detail": message}``: 400 bad input, 404 unknown id, 409 a step
-the state does not allow, 413 too large, 422 malformed JSON or fields; never a traceback.
+Refusals are 4xx JSON answers ``{"detail": message}``: 400 bad input, 403 a state-changing request
+from another origin, 404 unknown id, 409 a step the state does not allow (and ``"saved": false``
+with the step's answer when a change is kept but could not be written), 413 too large, 422
+malformed JSON or fields; never a traceback. Requests that change nothing (GET) create no session.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which name types
@@ -27,18 +31,21 @@ import logging
 import re
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..data.images import ImageReadError, pixel_limit, read_image
 from ..errors import FinesamError, InvalidInputError
 from ..optional import require
 from .cache import FeatureCache
 from .export import ImageFolder, export_zip
-from .sessions import Annotator, BrowserSession, ConflictError, NotFoundError
+from .sessions import Annotator, BrowserSession, ConflictError, NotFoundError, NotSavedError, OpenImage
 
 STATIC = Path(__file__).resolve().parent / "static"
 SESSION_COOKIE = "finesam_session"
 #: Largest body of a JSON request (prompts are a few numbers).
 MAX_JSON_BYTES = 64 * 1024
+#: Methods that change nothing: the only ones accepted from another origin, and they create no session.
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 logger = logging.getLogger("finesam.server")
 
 
@@ -67,9 +74,27 @@ def _too_large_message(limit: int, upload: bool) -> str:
     return f"the request body is larger than {limit} bytes; JSON requests of this API are small"
 
 
+def json_refusal(body: bytes) -> str | None:
+    """Why a JSON request body is refused before FastAPI parses it (400), or None: a number
+    longer than Python converts, or nesting deeper than its parser recurses. Other JSON errors are
+    left to FastAPI (422, "malformed JSON")."""
+    if not body.strip():
+        return None
+    try:
+        json.loads(body)
+    except RecursionError:
+        return "the JSON of the request body nests too deeply; requests of this API are flat objects of a few numbers"
+    except ValueError as error:
+        if "digits" in str(error):
+            return "a number in the request body has thousands of digits; send pixel positions as plain numbers"
+    return None
+
+
 class BodyLimit:
     """ASGI middleware: refuse a body over its limit with 413, from its Content-Length before any
-    byte is read; a body without Content-Length is counted as it streams."""
+    byte is read. A JSON request's body (at most :data:`MAX_JSON_BYTES`) is read here whole, also
+    when sent chunked without Content-Length, and checked by :func:`json_refusal`; an upload
+    without Content-Length is counted as it streams."""
 
     def __init__(self, app, upload_limit: int) -> None:
         self.app = app
@@ -89,6 +114,8 @@ class BodyLimit:
                 return await _send_json(send, 400, "the Content-Length header is not a number")
             if length > limit:
                 return await _send_json(send, 413, _too_large_message(limit, upload))
+        if not upload:
+            return await self._buffered(scope, receive, send)
         received = 0
 
         async def counted_receive():
@@ -101,6 +128,69 @@ class BodyLimit:
             return message
 
         return await self.app(scope, counted_receive, send)
+
+    async def _buffered(self, scope, receive, send):
+        """Read the whole (small) body, refuse it here if too large or pathological, then replay it."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_JSON_BYTES:
+                return await _send_json(send, 413, _too_large_message(MAX_JSON_BYTES, False))
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        refusal = json_refusal(body)
+        if refusal is not None:
+            return await _send_json(send, 400, refusal)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as the server would
+
+        return await self.app(scope, replay, send)
+
+
+class SameOrigin:
+    """ASGI middleware against cross-site requests: a state-changing request (not GET / HEAD /
+    OPTIONS) is refused with 403 when a browser marks it as sent by another site
+    (``Sec-Fetch-Site`` other than ``same-origin`` / ``none``) or its ``Origin`` is not the
+    server's own (scheme-less ``host:port`` against the ``Host`` header). Clients that send
+    neither header (curl, scripts, the test client) are not browsers acting for a web page, and pass."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+            headers = dict(scope.get("headers") or [])
+            refusal = cross_origin_refusal(headers.get(b"origin"), headers.get(b"sec-fetch-site"), headers.get(b"host"))
+            if refusal is not None:
+                return await _send_json(send, 403, refusal)
+        return await self.app(scope, receive, send)
+
+
+def cross_origin_refusal(origin: bytes | None, fetch_site: bytes | None, host: bytes | None) -> str | None:
+    """Why a state-changing request with these headers is refused, or None."""
+    advice = "finesam serve only takes changes from its own page; open it at the server's address"
+    if fetch_site is not None and fetch_site.strip().lower() not in (b"same-origin", b"none"):
+        return f"refused: a request sent by another web site (Sec-Fetch-Site: {fetch_site.decode('latin-1')}); {advice}"
+    if origin is not None:
+        text = origin.decode("latin-1").strip()
+        try:
+            netloc = urlsplit(text).netloc.lower() if text.lower() != "null" else ""
+        except ValueError:
+            netloc = ""
+        if not netloc or host is None or netloc != host.decode("latin-1").strip().lower():
+            return f"refused: a request from another origin ({text[:100]!r}); {advice}"
+    return None
 
 
 async def _send_json(send, status: int, detail: str) -> None:
@@ -190,6 +280,7 @@ def create_app(
     app.state.annotator = annotator
     app.state.folder = folder
     app.add_middleware(BodyLimit, upload_limit=upload_limit)
+    app.add_middleware(SameOrigin)  # added last: runs first, before any body is read
     if allowed_hosts is not None:
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -197,7 +288,8 @@ def create_app(
 
     @app.exception_handler(FinesamError)
     async def refused(request: Request, error: FinesamError):
-        return JSONResponse({"detail": " ".join(str(error).split())}, status_code=_status_of(error))
+        extra = {**error.answer, "saved": False} if isinstance(error, NotSavedError) else {}
+        return JSONResponse({**extra, "detail": " ".join(str(error).split())}, status_code=_status_of(error))
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, error: RequestValidationError):
@@ -213,21 +305,47 @@ def create_app(
         return JSONResponse({"detail": f"internal error ({type(error).__name__}); see the server's log"}, status_code=500)
 
     def browser(request: Request, response: Response) -> BrowserSession:
+        """The caller's session, created (with its cookie) when it has none: state-changing requests."""
         session = annotator.session(request.cookies.get(SESSION_COOKIE))
         if request.cookies.get(SESSION_COOKIE) != session.id:
             response.set_cookie(SESSION_COOKIE, session.id, httponly=True, samesite="strict", path="/")
         return session
 
-    def step_answer(opened, timing: dict) -> dict:
-        return {"current": opened.current(), **{k: round(v, 1) if isinstance(v, float) else v for k, v in timing.items()}}
+    def viewer(request: Request) -> BrowserSession:
+        """The caller's session for a request that changes nothing: an empty, unregistered one when
+        the cookie is missing or unknown (no session is created, none evicted)."""
+        session = annotator.session(request.cookies.get(SESSION_COOKIE), create=False)
+        return session if session is not None else BrowserSession("")
 
-    def opened_answer(opened, timing: dict) -> dict:
+    def step_answer(opened: OpenImage, timing: dict) -> dict:
+        return {"current": opened.current(), **opened.saving_state(),
+                **{k: round(v, 1) if isinstance(v, float) else v for k, v in timing.items()}}
+
+    def opened_answer(opened: OpenImage, timing: dict) -> dict:
         return {**opened.describe(), "encode_ms": round(timing["encode_ms"], 1), "cached": timing["cached"]}
 
-    def autosave(opened) -> str | None:
-        if folder is not None and opened.relative_path is not None:
-            return str(folder.save(opened))
-        return None
+    def saved(opened: OpenImage, answer: dict, change: str) -> dict:
+        """``answer`` with ``saved_to``: for a folder image, its objects written to the folder
+        first. A failed write keeps the change in memory, marked unsaved (the list outlives the
+        session until a save succeeds), and answers 409 saying so, with ``answer`` and ``saved``
+        false. ``change``: what was not saved, for the message."""
+        if folder is None or opened.relative_path is None:
+            return {**answer, "saved_to": None}
+        listing = opened.annotations
+        with listing.lock:  # one writer per image: the last file written holds the latest list
+            version = listing.version
+            try:
+                written = folder.save(opened)
+            except NotSavedError as error:
+                listing.save_error = str(error)
+                annotator.track_saving(opened)
+                raise NotSavedError(
+                    f"{change} is kept in this page but NOT saved: {error}. Make the folder writable (or move "
+                    "the file in the way), then press Save; Export still downloads every object",
+                    {**answer, **opened.saving_state(), "saved_to": None}) from error
+            listing.mark_saved(version)
+            annotator.track_saving(opened)
+            return {**answer, **opened.saving_state(), "saved_to": str(written)}
 
     # --- page ------------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -237,7 +355,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/api/info")
-    def info(session: BrowserSession = Depends(browser)):
+    def info(session: BrowserSession = Depends(viewer)):
         return {
             "model": model_name, "random_weights": random_weights, "corrects_clicks": caps.corrects_clicks,
             "prompts": sorted(caps.prompts), "output_modes": list(caps.output_modes), "hq_output": hq_output,
@@ -271,7 +389,7 @@ def create_app(
         return folder
 
     @app.get("/api/folder")
-    def list_folder(session: BrowserSession = Depends(browser)):
+    def list_folder():
         images_folder = require_folder()
         return {"root": str(images_folder.root), "images": images_folder.list_images()}
 
@@ -281,17 +399,17 @@ def create_app(
         path = images_folder.resolve(body.path)
         relative = path.relative_to(images_folder.root).as_posix()
         image = read_image(path, max_pixels=max_pixels)
-        objects = images_folder.load_objects(relative, *image.shape[:2])
-        opened, timing = annotator.open_image(session, image, path.name, relative, objects)
+        annotations = annotator.folder_objects(relative, lambda: images_folder.load_objects(relative, *image.shape[:2]))
+        opened, timing = annotator.open_image(session, image, path.name, relative, annotations)
         return opened_answer(opened, timing)
 
     @app.get("/api/images/{image_id}")
-    def describe(image_id: str, session: BrowserSession = Depends(browser)):
+    def describe(image_id: str, session: BrowserSession = Depends(viewer)):
         with session.lock:
             return session.image(image_id).describe()
 
     @app.get("/api/images/{image_id}/pixels")
-    def pixels(image_id: str, session: BrowserSession = Depends(browser)):
+    def pixels(image_id: str, session: BrowserSession = Depends(viewer)):
         import io
 
         from PIL import Image
@@ -321,13 +439,27 @@ def create_app(
 
     @app.post("/api/images/{image_id}/commit")
     def commit(image_id: str, session: BrowserSession = Depends(browser)):
-        opened, timing = annotator.commit(session, image_id)
-        return {**step_answer(opened, timing), "object": opened.objects[-1].describe(), "saved_to": autosave(opened)}
+        opened, timing, committed = annotator.commit(session, image_id)
+        answer = saved(opened, {**step_answer(opened, timing), "object": committed.describe()}, f"object {committed.id}")
+        answer["object"]["saved"] = committed.saved
+        return answer
 
     @app.delete("/api/images/{image_id}/objects/{object_id}")
     def delete_object(image_id: str, object_id: int, session: BrowserSession = Depends(browser)):
         opened = annotator.delete_object(session, image_id, object_id)
-        return {"deleted": object_id, "objects": [o.id for o in opened.objects], "saved_to": autosave(opened)}
+        answer = {"deleted": object_id, "objects": [o.id for o in opened.objects], **opened.saving_state()}
+        return saved(opened, answer, f"the deletion of object {object_id}")
+
+    @app.post("/api/images/{image_id}/save")
+    def save(image_id: str, session: BrowserSession = Depends(browser)):
+        with session.lock:
+            opened = session.image(image_id)
+        if opened.relative_path is None or folder is None:
+            raise ConflictError(f"{opened.name!r} was uploaded, not opened from the images folder: "
+                                "nothing is saved on the server; use Export to download its objects")
+        described = lambda: [o.describe() for o in opened.objects]  # noqa: E731
+        answer = saved(opened, {"objects": described()}, "the objects")
+        return {**answer, "objects": described()}  # now marked saved
 
     @app.post("/api/images/{image_id}/hq_output")
     def set_hq_output(image_id: str, body: ModeBody = Body(...), session: BrowserSession = Depends(browser)):
@@ -335,15 +467,16 @@ def create_app(
         return {"hq_output": body.mode}
 
     @app.get("/api/images/{image_id}/export.zip")
-    def export(image_id: str, session: BrowserSession = Depends(browser)):
+    def export(image_id: str, session: BrowserSession = Depends(viewer)):
         with session.lock:
             opened = session.image(image_id)
+        listing = opened.annotations
+        with listing.lock:  # from memory, never through the folder: a read-only folder still exports
             content = export_zip(opened)
-            saved = autosave(opened)
+            if opened.relative_path is None:  # an upload's objects are saved by downloading them
+                listing.mark_saved(listing.version)
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(opened.name).stem) or "image"  # a header is latin-1, unquoted
         headers = {"Content-Disposition": f'attachment; filename="{stem}-finesam.zip"'}
-        if saved:
-            headers["X-Saved"] = "1"
         return Response(content, media_type="application/zip", headers=headers)
 
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -20,7 +21,7 @@ from PIL import Image
 from ..checkpoints.files import write_atomically
 from ..errors import InvalidInputError
 from ..formats.rle import decode_rle, encode_rle, mask_bbox
-from .sessions import AnnotatedObject, NotFoundError, OpenImage
+from .sessions import MAX_OBJECT_ID, AnnotatedObject, NotFoundError, NotSavedError, OpenImage
 
 #: Suffixes listed and opened from ``--images DIR``.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -86,17 +87,55 @@ def export_zip(opened: OpenImage) -> bytes:
     return buffer.getvalue()
 
 
-def objects_from_coco(document: dict, height: int, width: int) -> list[AnnotatedObject]:
-    """The objects of an ``annotations.json`` written by :func:`coco_document` (for resuming)."""
-    objects = []
-    for entry in document.get("annotations", []):
-        mask = decode_rle(entry["segmentation"])
-        if mask.shape != (height, width):
-            raise InvalidInputError(f"annotation {entry.get('id')} is {mask.shape[1]}x{mask.shape[0]}, "
-                                    f"the image {width}x{height}: the annotations belong to another image")
-        objects.append(AnnotatedObject(int(entry["id"]), mask, float(entry.get("score", 0.0)),
-                                       entry.get("box"), entry.get("clicks", [])))
-    return objects
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _resumed_object(entry, height: int, width: int, seen: set[int]) -> AnnotatedObject:
+    """One entry of ``annotations`` checked field by field (what the server would have written)."""
+    if not isinstance(entry, dict):
+        raise InvalidInputError(f"an annotation is a JSON {type(entry).__name__}, not an object")
+    object_id = entry.get("id")
+    if not isinstance(object_id, int) or isinstance(object_id, bool) or not 1 <= object_id <= MAX_OBJECT_ID:
+        raise InvalidInputError(f"annotation id {object_id!r} is not a whole number 1..{MAX_OBJECT_ID} "
+                                "(0 is the background of instances.png)")
+    if object_id in seen:
+        raise InvalidInputError(f"annotation id {object_id} appears twice")
+    seen.add(object_id)
+    rle = entry.get("segmentation")
+    if not isinstance(rle, dict) or rle.get("size") != [height, width]:
+        size = rle.get("size") if isinstance(rle, dict) else None
+        raise InvalidInputError(f"annotation {object_id}: segmentation is not a COCO RLE of the {width}x{height} image "
+                                f"(size {size!r}): the annotations are damaged or belong to another image")
+    mask = decode_rle(rle)
+    score = entry.get("score", 0.0)
+    if not _finite_number(score):
+        raise InvalidInputError(f"annotation {object_id}: score {score!r} is not a finite number")
+    box = entry.get("box")
+    if box is not None and not (isinstance(box, list) and len(box) == 4 and all(_finite_number(v) for v in box)):
+        raise InvalidInputError(f"annotation {object_id}: box {box!r} is not 4 finite numbers [x0, y0, x1, y1] or null")
+    clicks = entry.get("clicks", [])
+    if not isinstance(clicks, list) or not all(
+            isinstance(click, list) and len(click) == 3 and _finite_number(click[0]) and _finite_number(click[1])
+            and click[2] in (0, 1) and not isinstance(click[2], bool) for click in clicks):
+        raise InvalidInputError(f"annotation {object_id}: clicks {str(clicks)[:80]} are not a list of [x, y, 1 or 0] "
+                                "with finite x, y")
+    return AnnotatedObject(object_id, mask, float(score), [float(v) for v in box] if box is not None else None,
+                           [[float(x), float(y), int(label)] for x, y, label in clicks])
+
+
+def objects_from_coco(document, height: int, width: int) -> list[AnnotatedObject]:
+    """The objects of an ``annotations.json`` written by :func:`coco_document` (for resuming),
+    each field checked: ids 1..65535 and unique, RLE of the image's size, finite score, box and
+    clicks. Raises :class:`InvalidInputError` naming what is wrong."""
+    if not isinstance(document, dict):
+        raise InvalidInputError(f"it holds a JSON {type(document).__name__}, not a COCO document (an object with "
+                                "'images' and 'annotations')")
+    entries = document.get("annotations", [])
+    if not isinstance(entries, list):
+        raise InvalidInputError(f"its 'annotations' is a JSON {type(entries).__name__}, not a list")
+    seen: set[int] = set()
+    return [_resumed_object(entry, height, width, seen) for entry in entries]
 
 
 class ImageFolder:
@@ -161,26 +200,44 @@ class ImageFolder:
         return resolved
 
     def save(self, opened: OpenImage) -> Path:
-        """Write the export of an image opened from this folder (atomically, file by file); drop the
-        mask files of deleted objects. Returns the annotation folder."""
+        """Write the export of an image opened from this folder (atomically, file by file,
+        ``annotations.json`` last); drop the mask files of deleted objects. Returns the annotation
+        folder; raises :class:`NotSavedError` saying why when the folder cannot be written
+        (read-only, a file in the way, a folder named like one of the files)."""
         if opened.relative_path is None:
             raise InvalidInputError("only images opened from the images folder are saved there; download the export instead")
-        folder = self.annotation_dir(opened.relative_path)
-        files = export_files(opened)
-        for name, content in files.items():
-            write_atomically(folder / name, lambda temporary, content=content: Path(temporary).write_bytes(content))
-        for stale in folder.glob("object_*.png"):
-            if stale.name not in files:
-                stale.unlink(missing_ok=True)
+        target = self.output_root / opened.relative_path
+        try:
+            folder = self.annotation_dir(opened.relative_path)
+            files = export_files(opened)
+            for name in files:
+                if (folder / name).is_dir():
+                    raise IsADirectoryError(21, "a folder is in the way of the file", str(folder / name))
+            for name, content in files.items():
+                write_atomically(folder / name, lambda temporary, content=content: Path(temporary).write_bytes(content))
+            for stale in folder.glob("object_*.png"):
+                if stale.name not in files:
+                    stale.unlink(missing_ok=True)
+        except OSError as error:
+            where = f": {error.filename!r}" if error.filename else ""
+            raise NotSavedError(f"cannot write {str(target)!r} ({error.strerror or error}{where})") from error
+        except InvalidInputError as error:
+            raise NotSavedError(f"cannot write {str(target)!r} ({error})") from error
         return folder
 
     def load_objects(self, relative: str, height: int, width: int) -> list[AnnotatedObject]:
-        """The objects saved earlier for an image (resuming), or none."""
+        """The objects saved earlier for an image (resuming), or none. A file that is not what
+        the server writes is refused (400) with ``cannot resume from PATH: why; move the file away``."""
         path = self.annotation_dir(relative) / ANNOTATIONS
         if not path.is_file():
             return []
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
             return objects_from_coco(document, height, width)
-        except (ValueError, KeyError, TypeError) as error:
-            raise InvalidInputError(f"cannot resume from {str(path)!r}: {error}; move the file away to start afresh") from error
+        except RecursionError:
+            reason = "its JSON nests too deeply"
+        except OSError as error:
+            reason = f"it cannot be read ({error.strerror or error})"
+        except ValueError as error:  # also InvalidInputError, a UTF-8 or JSON error, a 5000-digit number
+            reason = str(error)
+        raise InvalidInputError(f"cannot resume from {str(path)!r}: {reason}; move the file away to start afresh")

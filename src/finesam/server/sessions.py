@@ -1,5 +1,9 @@
 """What the web tool keeps per browser session: open images, their objects, the object being drawn.
 
+An image's committed objects live in an :class:`ObjectList`: private to the session for an
+upload, shared by every session that opened the same file of ``--images DIR`` (two tabs or two
+browsers on one image see and extend one list, so neither overwrites the other's objects).
+
 Framework-free: every method raises a :class:`~finesam.errors.FinesamError` on bad input (the
 app maps them to 4xx answers). Interaction goes through
 :class:`~finesam.predict.interactive.InteractiveSession`, one per open image; the image features
@@ -8,10 +12,12 @@ come from the shared :class:`~finesam.server.cache.FeatureCache`, so a click nev
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,8 +33,11 @@ from .cache import FeatureCache, image_key
 
 #: Images one browser session keeps open; opening one more closes the least recently used.
 MAX_IMAGES_PER_SESSION = 8
-#: Browser sessions kept; a new one drops the least recently active.
+#: Browser sessions kept; a new one drops the least recently active that holds no unsaved work.
 MAX_SESSIONS = 256
+#: Largest object id (the 16-bit instance PNG).
+MAX_OBJECT_ID = 65535
+logger = logging.getLogger("finesam.server")
 
 
 class NotFoundError(InvalidInputError):
@@ -37,6 +46,15 @@ class NotFoundError(InvalidInputError):
 
 class ConflictError(InvalidInputError):
     """A step that the current state does not allow, e.g. committing before any prompt (HTTP 409)."""
+
+
+class NotSavedError(ConflictError):
+    """A change kept in memory that could not be written to the images folder (HTTP 409, ``saved``
+    false). ``answer``: the fields of the step's normal answer, so that the page still shows it."""
+
+    def __init__(self, message: str, answer: dict | None = None) -> None:
+        super().__init__(message)
+        self.answer = answer or {}
 
 
 class OutputModePredictor(SamPredictor):
@@ -75,10 +93,48 @@ class AnnotatedObject:
     score: float
     box: list[float] | None
     clicks: list[list[float]]
+    saved: bool = False  # written to the images folder as it is
 
     def describe(self) -> dict:
         return {"id": self.id, "score": self.score, "area": int(self.mask.sum()), "colour": colour_of(self.id),
-                "box": self.box, "clicks": self.clicks, "mask": mask_runs(self.mask)}
+                "box": self.box, "clicks": self.clicks, "mask": mask_runs(self.mask), "saved": self.saved}
+
+
+@dataclass(eq=False)
+class ObjectList:
+    """The committed objects of one image. ``version`` counts commits and deletions;
+    ``saved_version`` is the version written to the images folder (for an upload: the version last
+    exported), so ``unsaved`` says whether closing the image would lose work. Change it, and
+    write it, under ``lock``."""
+
+    objects: list[AnnotatedObject] = field(default_factory=list)
+    next_object_id: int = 1
+    version: int = 0
+    saved_version: int = 0
+    save_error: str | None = None  # why the last save failed; None after a successful one
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @classmethod
+    def resumed(cls, objects: list[AnnotatedObject]) -> "ObjectList":
+        """The list of objects read back from the images folder (saved as they are)."""
+        for annotated in objects:
+            annotated.saved = True
+        return cls(list(objects), max((o.id for o in objects), default=0) + 1)
+
+    @property
+    def unsaved(self) -> bool:
+        return self.version != self.saved_version
+
+    def changed(self) -> None:
+        self.version += 1
+
+    def mark_saved(self, version: int) -> None:
+        """The objects as of ``version`` are written (a later change stays unsaved)."""
+        self.saved_version = version
+        self.save_error = None
+        if version == self.version:
+            for annotated in self.objects:
+                annotated.saved = True
 
 
 @dataclass
@@ -91,13 +147,20 @@ class OpenImage:
     key: str
     predictor: OutputModePredictor
     relative_path: str | None = None  # inside --images DIR
-    objects: list[AnnotatedObject] = field(default_factory=list)
-    next_object_id: int = 1
+    annotations: ObjectList = field(default_factory=ObjectList)  # shared between sessions for a folder image
     session: InteractiveSession = field(init=False)
     _saved_correction: object = None
 
     def __post_init__(self) -> None:
         self.session = InteractiveSession(self.predictor)
+
+    @property
+    def objects(self) -> list[AnnotatedObject]:
+        return self.annotations.objects
+
+    @property
+    def next_object_id(self) -> int:
+        return self.annotations.next_object_id
 
     @property
     def height(self) -> int:
@@ -126,9 +189,20 @@ class OpenImage:
             "colour": colour_of(self.next_object_id),
         }
 
+    def saving_state(self) -> dict:
+        """What the page shows of the objects' saving: their ids, whether some change is not
+        written (folder images) or not exported (uploads), and why the last save failed."""
+        listing = self.annotations
+        with listing.lock:
+            return {"object_ids": [o.id for o in listing.objects], "unsaved": listing.unsaved,
+                    "save_error": listing.save_error}
+
     def describe(self) -> dict:
+        with self.annotations.lock:
+            objects = [o.describe() for o in self.objects]
+            saving = self.saving_state()
         return {"id": self.id, "name": self.name, "width": self.width, "height": self.height,
-                "path": self.relative_path, "objects": [o.describe() for o in self.objects], "current": self.current()}
+                "path": self.relative_path, "objects": objects, "current": self.current(), **saving}
 
 
 @dataclass
@@ -147,6 +221,23 @@ class BrowserSession:
         self.images.move_to_end(image_id)
         return opened
 
+    @property
+    def holds_unsaved_work(self) -> bool:
+        # Without the session's lock (a long step may hold it): a copy of the values is atomic.
+        return any(opened.annotations.unsaved for opened in list(self.images.values()))
+
+
+def drop_oldest(entries: OrderedDict, limit: int, keep: Callable[[object], bool], what: str) -> None:
+    """Drop the oldest entries of ``entries`` until at most ``limit`` remain, never one that
+    ``keep`` protects (unsaved work): then more than ``limit`` stay."""
+    for key in list(entries):
+        if len(entries) <= limit:
+            return
+        if not keep(entries[key]):
+            del entries[key]
+    if len(entries) > limit:
+        logger.warning("finesam serve: %d %s hold unsaved work; keeping all of them (limit %d)", len(entries), what, limit)
+
 
 class Annotator:
     """The model, the feature cache and every browser session: what the HTTP endpoints call.
@@ -164,6 +255,11 @@ class Annotator:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finesam-model")
         self._sessions: OrderedDict[str, BrowserSession] = OrderedDict()
         self._sessions_lock = threading.Lock()
+        # The object lists of folder images (relative path -> list), alive while a session has the
+        # image open; ``_unsaved_lists`` also holds those with unsaved changes, so that they outlive it.
+        self._folder_lists: weakref.WeakValueDictionary[str, ObjectList] = weakref.WeakValueDictionary()
+        self._unsaved_lists: dict[str, ObjectList] = {}
+        self._lists_lock = threading.Lock()
         self.encoder_runs = 0
 
     def compute(self, function: Callable, *args):
@@ -171,34 +267,64 @@ class Annotator:
         return self._worker.submit(function, *args).result()
 
     # --- sessions --------------------------------------------------------------------------------
-    def session(self, session_id: str | None) -> BrowserSession:
-        """The session of a cookie value, created when unknown or missing."""
+    def session(self, session_id: str | None, create: bool = True) -> BrowserSession | None:
+        """The session of a cookie value; when unknown or missing, a new one (``create``) or None.
+        A new session drops the least recently active ones beyond :data:`MAX_SESSIONS`, except
+        those holding unsaved work."""
         with self._sessions_lock:
             session = self._sessions.get(session_id) if session_id else None
             if session is None:
+                if not create:
+                    return None
                 session = BrowserSession(secrets.token_urlsafe(24), hq_output=self.default_hq_output)
                 self._sessions[session.id] = session
-                while len(self._sessions) > MAX_SESSIONS:
-                    self._sessions.popitem(last=False)
+                drop_oldest(self._sessions, MAX_SESSIONS, lambda kept: kept is session or kept.holds_unsaved_work,
+                            "browser sessions")
             self._sessions.move_to_end(session.id)
             session.last_seen = time.monotonic()
             return session
 
+    @property
+    def session_count(self) -> int:
+        with self._sessions_lock:
+            return len(self._sessions)
+
+    # --- object lists ----------------------------------------------------------------------------
+    def folder_objects(self, relative_path: str, load: Callable[[], list[AnnotatedObject]]) -> ObjectList:
+        """The one object list of a folder image, shared by every session: the list in memory
+        (with its unsaved changes) if some session has it, else ``load()`` (resuming from disk)."""
+        with self._lists_lock:
+            listing = self._folder_lists.get(relative_path)
+            if listing is None:
+                listing = ObjectList.resumed(load())
+                self._folder_lists[relative_path] = listing
+            return listing
+
+    def track_saving(self, opened: OpenImage) -> None:
+        """Keep a folder image's list alive while it holds unsaved changes (after a failed save)."""
+        if opened.relative_path is None:
+            return
+        with self._lists_lock:
+            if opened.annotations.unsaved:
+                self._unsaved_lists[opened.relative_path] = opened.annotations
+            else:
+                self._unsaved_lists.pop(opened.relative_path, None)
+
     # --- images ----------------------------------------------------------------------------------
     def open_image(self, browser: BrowserSession, image: np.ndarray, name: str, relative_path: str | None = None,
-                   objects: list[AnnotatedObject] | None = None) -> tuple[OpenImage, dict]:
+                   annotations: ObjectList | None = None) -> tuple[OpenImage, dict]:
         """Open an (H, W, 3) uint8 image in ``browser`` and encode it now (or take its cached
-        features). Returns the open image and timing: ``encode_ms``, ``cached``."""
+        features); ``annotations``: its object list (a folder image's shared one). Returns the open
+        image and timing: ``encode_ms``, ``cached``. Beyond :data:`MAX_IMAGES_PER_SESSION` the
+        least recently used images close, except those holding unsaved work."""
         predictor = OutputModePredictor(self.model, keep_early_feature=False)
-        opened = OpenImage(secrets.token_urlsafe(12), name, image, image_key(image), predictor, relative_path)
-        if objects:
-            opened.objects = objects
-            opened.next_object_id = max(o.id for o in objects) + 1
+        opened = OpenImage(secrets.token_urlsafe(12), name, image, image_key(image), predictor, relative_path,
+                           annotations if annotations is not None else ObjectList())
         with browser.lock:
             timing = self._activate(browser, opened)
             browser.images[opened.id] = opened
-            while len(browser.images) > MAX_IMAGES_PER_SESSION:
-                browser.images.popitem(last=False)
+            drop_oldest(browser.images, MAX_IMAGES_PER_SESSION,
+                        lambda kept: kept is opened or kept.annotations.unsaved, "open images")
         return opened, timing
 
     def _encode(self, image: np.ndarray) -> Callable:
@@ -285,24 +411,38 @@ class Annotator:
     def clear(self, browser: BrowserSession, image_id: str) -> tuple[OpenImage, dict]:
         return self._step(browser, image_id, lambda opened: opened.session.reset())
 
-    def commit(self, browser: BrowserSession, image_id: str) -> tuple[OpenImage, dict]:
-        """Keep the current object (its mask, score, prompts) and start the next one."""
+    def commit(self, browser: BrowserSession, image_id: str) -> tuple[OpenImage, dict, AnnotatedObject]:
+        """Keep the current object (its mask, score, prompts) and start the next one. Returns the
+        open image, timing and the committed object (another session may commit right after)."""
+        committed = []
+
         def action(opened: OpenImage) -> None:
             session = opened.session
             if session.result is None:
                 raise ConflictError("nothing to commit: draw a box or click on the object first")
-            opened.objects.append(AnnotatedObject(
-                opened.next_object_id, session.result.mask.copy(), session.result.score,
-                list(session.box) if session.box is not None else None,
-                [[x, y, int(positive)] for x, y, positive in session.clicks]))
-            opened.next_object_id += 1
+            listing = opened.annotations
+            with listing.lock:
+                if listing.next_object_id > MAX_OBJECT_ID:
+                    raise ConflictError(f"image {opened.name!r} has reached the largest object id, {MAX_OBJECT_ID} "
+                                        "(an instance PNG holds 16 bits)")
+                annotated = AnnotatedObject(
+                    listing.next_object_id, session.result.mask.copy(), session.result.score,
+                    list(session.box) if session.box is not None else None,
+                    [[x, y, int(positive)] for x, y, positive in session.clicks])
+                listing.objects.append(annotated)
+                listing.next_object_id += 1
+                listing.changed()
+            committed.append(annotated)
             session.reset()
-        return self._step(browser, image_id, action)
+        opened, timing = self._step(browser, image_id, action)
+        return opened, timing, committed[0]
 
     def delete_object(self, browser: BrowserSession, image_id: str, object_id: int) -> OpenImage:
         with browser.lock:
             opened = browser.image(image_id)
-            opened.objects.remove(opened.find(object_id))
+            with opened.annotations.lock:
+                opened.objects.remove(opened.find(object_id))
+                opened.annotations.changed()
             return opened
 
     def set_hq_output(self, browser: BrowserSession, image_id: str, mode: str | None) -> OpenImage:

@@ -43,8 +43,23 @@ async function api(method, path, body, raw) {
   }
   const response = await fetch(path, options);
   const answer = await response.json().catch(() => ({ detail: response.statusText }));
-  if (!response.ok) throw new Error(answer.detail || `HTTP ${response.status}`);
+  if (!response.ok) {
+    const error = new Error(answer.detail || `HTTP ${response.status}`);
+    error.answer = answer;
+    throw error;
+  }
   return answer;
+}
+
+// A commit or deletion the server kept but could not write to the images folder answers 409 with
+// `saved: false` and the step's answer: show the change, marked unsaved, and say why.
+async function keptIfUnsaved(request) {
+  try {
+    return [await request, null];
+  } catch (error) {
+    if (error.answer && error.answer.saved === false) return [error.answer, error.message];
+    throw error;
+  }
 }
 
 function setStatus(text, isError) {
@@ -158,12 +173,14 @@ function renderObjects() {
     const entry = document.createElement("li");
     entry.dataset.id = item.id;
     if (item.id === state.selected) entry.className = "selected";
+    if (item.saved === false && state.image.path) entry.classList.add("unsaved");
     const swatch = document.createElement("span");
     swatch.className = "swatch";
     swatch.style.background = `rgb(${item.colour.join(",")})`;
     const text = document.createElement("span");
     text.className = "info";
-    text.textContent = `#${item.id}  score ${item.score.toFixed(3)}  ${item.area} px`;
+    text.textContent = `#${item.id}  score ${item.score.toFixed(3)}  ${item.area} px` +
+      (item.saved === false && state.image.path ? "  (unsaved)" : "");
     const remove = document.createElement("button");
     remove.textContent = "\u2715";
     remove.title = `delete object ${item.id}`;
@@ -201,6 +218,7 @@ async function showImage(answer) {
   state.objects = answer.objects.map(withLayers);
   state.current = withLayers(answer.current);
   state.selected = null;
+  showSaving(answer);
   const exportLink = $("export");
   exportLink.href = `/api/images/${answer.id}/export.zip`;
   exportLink.classList.remove("disabled");
@@ -232,20 +250,63 @@ function step(what, path, body) {
   const imageId = state.image.id;
   enqueue(async () => {
     const started = performance.now();
-    const answer = await api("POST", `/api/images/${imageId}/${path}`, body);
+    const [answer, notSaved] = await keptIfUnsaved(api("POST", `/api/images/${imageId}/${path}`, body));
     const roundTrip = performance.now() - started;
     state.current = withLayers(answer.current);
     if (answer.object) {
       state.objects.push(withLayers(answer.object));
       renderObjects();
     }
+    await syncObjects(answer);
     draw();
     const encoded = answer.encode_ms ? `, re-encoded in ${Math.round(answer.encode_ms)} ms` : "";
     $("latency").textContent = `${what}: ${Math.round(answer.latency_ms)} ms model, ${Math.round(roundTrip)} ms round trip${encoded}`;
     if (answer.saved_to) markAnnotated(state.image.path);
     const score = answer.current.score;
-    setStatus(answer.object ? `object ${answer.object.id} committed${answer.saved_to ? " and saved" : ""}`
+    if (notSaved) setStatus(notSaved, true);
+    else setStatus(answer.object ? `object ${answer.object.id} committed${answer.saved_to ? " and saved" : ""}`
       : score === null ? "no object" : `score ${score.toFixed(3)}`);
+  });
+}
+
+// Every answer about an image carries its object ids and saving state. Another tab or browser on the
+// same folder image shares its objects: when the ids differ from the page's, reload the list.
+async function syncObjects(answer) {
+  if (!answer.object_ids) return;
+  const known = state.objects.map((item) => item.id).join(",");
+  if (known !== answer.object_ids.join(",")) {
+    const fresh = await api("GET", `/api/images/${state.image.id}`);
+    state.objects = fresh.objects.map(withLayers);
+    if (!state.objects.some((item) => item.id === state.selected)) state.selected = null;
+  } else if (!answer.unsaved) {
+    for (const item of state.objects) item.saved = true;
+  }
+  renderObjects();
+  showSaving(answer);
+}
+
+// The notice of changes kept in memory but not written to the images folder, with a Save button.
+function showSaving(answer) {
+  const notice = $("unsaved");
+  const unsaved = Boolean(state.image && state.image.path && answer.unsaved);
+  notice.hidden = !unsaved;
+  if (unsaved) {
+    $("unsaved-text").textContent = `Not saved to the images folder${answer.save_error ? `: ${answer.save_error}` : ""}. ` +
+      "Export still downloads every object.";
+  }
+}
+
+function saveAgain() {
+  if (!state.image) return;
+  const imageId = state.image.id;
+  enqueue(async () => {
+    const [answer, notSaved] = await keptIfUnsaved(api("POST", `/api/images/${imageId}/save`));
+    state.objects = answer.objects.map(withLayers);
+    renderObjects();
+    draw();
+    showSaving(answer);
+    if (answer.saved_to) markAnnotated(state.image.path);
+    setStatus(notSaved || "saved", Boolean(notSaved));
   });
 }
 
@@ -259,12 +320,12 @@ function markAnnotated(path) {
 function deleteObject(id) {
   const imageId = state.image.id;
   enqueue(async () => {
-    const answer = await api("DELETE", `/api/images/${imageId}/objects/${id}`);
+    const [answer, notSaved] = await keptIfUnsaved(api("DELETE", `/api/images/${imageId}/objects/${id}`));
     state.objects = state.objects.filter((item) => item.id !== id);
     if (state.selected === id) state.selected = null;
-    renderObjects();
+    await syncObjects(answer);
     draw();
-    setStatus(`object ${id} deleted${answer.saved_to ? " (saved)" : ""}`);
+    setStatus(notSaved || `object ${id} deleted${answer.saved_to ? " (saved)" : ""}`, Boolean(notSaved));
   });
 }
 
@@ -331,6 +392,7 @@ $("stage").addEventListener("drop", (event) => {
   if (file) openUpload(file);
 });
 $("folder").addEventListener("change", (event) => { if (event.target.value) openFromFolder(event.target.value); });
+$("save").addEventListener("click", saveAgain);
 $("opacity").addEventListener("input", draw);
 $("outline").addEventListener("change", draw);
 $("hq-output").addEventListener("change", (event) => {
