@@ -176,3 +176,40 @@ def test_annotate_an_images_folder(browser, tmp_path):
         assert not (written / "object_001.png").exists()
         assert json.loads((written / "annotations.json").read_text())["annotations"] == []
         page.close()
+
+
+def test_a_failed_save_shows_the_object_unsaved_and_save_again_writes_it(browser, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(data_path("ecssd", "im", "0001.jpg"), folder / "first.jpg")
+    blocked = folder / "finesam-annotations" / "first.jpg" / "annotations.json"
+    blocked.mkdir(parents=True)  # a folder where the file goes: the save fails
+    with serving(make_app(images_dir=folder)) as url:
+        page = browser.new_page(viewport={"width": 1100, "height": 720})
+        page.goto(url)
+        wait_idle(page)
+        page.select_option("#folder", "first.jpg")
+        wait_idle(page)
+        assert page.is_hidden("#unsaved")
+        canvas = page.locator("#canvas").bounding_box()
+        page.mouse.move(canvas["x"] + 40.5, canvas["y"] + 50.5)
+        page.mouse.down()
+        page.mouse.move(canvas["x"] + 230.5, canvas["y"] + 330.5, steps=5)
+        page.mouse.up()
+        wait_idle(page)
+        page.keyboard.press("e")
+        page.wait_for_function("document.body.dataset.pending === '0'", timeout=60_000)
+        assert "NOT saved" in page.inner_text("#status") and "error" in page.get_attribute("#status", "class")
+        assert page.locator("#objects li").count() == 1  # kept, and marked
+        assert "unsaved" in page.get_attribute("#objects li[data-id='1']", "class")
+        assert page.is_visible("#unsaved") and "Export still downloads" in page.inner_text("#unsaved")
+        with page.expect_download() as download:
+            page.click("#export")
+        assert "object_001.png" in zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes())).namelist()
+
+        blocked.rmdir()
+        page.click("#save")
+        wait_idle(page)
+        assert page.is_hidden("#unsaved") and "unsaved" not in (page.get_attribute("#objects li[data-id='1']", "class") or "")
+        assert json.loads(blocked.read_text())["annotations"][0]["box"] == [40, 50, 230, 330]
+        page.close()
