@@ -19,7 +19,8 @@ Endpoints (``{id}``: an image id of the caller's browser session, from its cooki
 Refusals are 4xx JSON answers ``{"detail": message}``: 400 bad input, 403 a state-changing request
 from another origin, 404 unknown id, 409 a step the state does not allow (and ``"saved": false``
 with the step's answer when a change is kept but could not be written), 413 too large, 422
-malformed JSON or fields; never a traceback. Requests that change nothing (GET) create no session.
+malformed JSON or fields; never a traceback. Only opening an image creates a browser session
+(and its cookie): a request that changes nothing, or is refused, creates none.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which name types
@@ -305,15 +306,17 @@ def create_app(
         return JSONResponse({"detail": f"internal error ({type(error).__name__}); see the server's log"}, status_code=500)
 
     def browser(request: Request, response: Response) -> BrowserSession:
-        """The caller's session, created (with its cookie) when it has none: state-changing requests."""
+        """The caller's session, created (with its cookie) when it has none: called only once an
+        image is about to open, so that a refused request creates no session."""
         session = annotator.session(request.cookies.get(SESSION_COOKIE))
         if request.cookies.get(SESSION_COOKIE) != session.id:
             response.set_cookie(SESSION_COOKIE, session.id, httponly=True, samesite="strict", path="/")
         return session
 
     def viewer(request: Request) -> BrowserSession:
-        """The caller's session for a request that changes nothing: an empty, unregistered one when
-        the cookie is missing or unknown (no session is created, none evicted)."""
+        """The caller's session for every request but opening an image: an empty, unregistered one
+        when the cookie is missing or unknown (no session is created, none evicted; its image ids
+        are unknown: 404)."""
         session = annotator.session(request.cookies.get(SESSION_COOKIE), create=False)
         return session if session is not None else BrowserSession("")
 
@@ -365,7 +368,7 @@ def create_app(
 
     # --- images ----------------------------------------------------------------------------------
     @app.post("/api/images")
-    async def upload(request: Request, name: str = "upload", session: BrowserSession = Depends(browser)):
+    async def upload(request: Request, response: Response, name: str = "upload"):
         body = await request.body()
         if not body:
             raise InvalidInputError("the upload is empty: send the image file as the request body")
@@ -378,7 +381,7 @@ def create_app(
                     image = read_image(path, max_pixels=max_pixels)
                 except ImageReadError as error:  # name the upload, not the temporary file
                     raise ImageReadError(str(error).replace(repr(str(path)), repr(name))) from error
-            return annotator.open_image(session, image, Path(name).name or "upload")
+            return annotator.open_image(browser(request, response), image, Path(name).name or "upload")
 
         opened, timing = await run_in_threadpool(open_upload)
         return opened_answer(opened, timing)
@@ -394,13 +397,13 @@ def create_app(
         return {"root": str(images_folder.root), "images": images_folder.list_images()}
 
     @app.post("/api/folder/open")
-    def open_from_folder(body: OpenBody, session: BrowserSession = Depends(browser)):
+    def open_from_folder(body: OpenBody, request: Request, response: Response):
         images_folder = require_folder()
         path = images_folder.resolve(body.path)
         relative = path.relative_to(images_folder.root).as_posix()
         image = read_image(path, max_pixels=max_pixels)
         annotations = annotator.folder_objects(relative, lambda: images_folder.load_objects(relative, *image.shape[:2]))
-        opened, timing = annotator.open_image(session, image, path.name, relative, annotations)
+        opened, timing = annotator.open_image(browser(request, response), image, path.name, relative, annotations)
         return opened_answer(opened, timing)
 
     @app.get("/api/images/{image_id}")
@@ -422,36 +425,36 @@ def create_app(
 
     # --- prompts ---------------------------------------------------------------------------------
     @app.post("/api/images/{image_id}/box")
-    def box(image_id: str, body: BoxBody, session: BrowserSession = Depends(browser)):
+    def box(image_id: str, body: BoxBody, session: BrowserSession = Depends(viewer)):
         return step_answer(*annotator.set_box(session, image_id, body.box))
 
     @app.post("/api/images/{image_id}/click")
-    def click(image_id: str, body: ClickBody, session: BrowserSession = Depends(browser)):
+    def click(image_id: str, body: ClickBody, session: BrowserSession = Depends(viewer)):
         return step_answer(*annotator.add_click(session, image_id, body.x, body.y, body.positive))
 
     @app.post("/api/images/{image_id}/undo")
-    def undo(image_id: str, session: BrowserSession = Depends(browser)):
+    def undo(image_id: str, session: BrowserSession = Depends(viewer)):
         return step_answer(*annotator.undo(session, image_id))
 
     @app.post("/api/images/{image_id}/clear")
-    def clear(image_id: str, session: BrowserSession = Depends(browser)):
+    def clear(image_id: str, session: BrowserSession = Depends(viewer)):
         return step_answer(*annotator.clear(session, image_id))
 
     @app.post("/api/images/{image_id}/commit")
-    def commit(image_id: str, session: BrowserSession = Depends(browser)):
+    def commit(image_id: str, session: BrowserSession = Depends(viewer)):
         opened, timing, committed = annotator.commit(session, image_id)
         answer = saved(opened, {**step_answer(opened, timing), "object": committed.describe()}, f"object {committed.id}")
         answer["object"]["saved"] = committed.saved
         return answer
 
     @app.delete("/api/images/{image_id}/objects/{object_id}")
-    def delete_object(image_id: str, object_id: int, session: BrowserSession = Depends(browser)):
+    def delete_object(image_id: str, object_id: int, session: BrowserSession = Depends(viewer)):
         opened = annotator.delete_object(session, image_id, object_id)
         answer = {"deleted": object_id, "objects": [o.id for o in opened.objects], **opened.saving_state()}
         return saved(opened, answer, f"the deletion of object {object_id}")
 
     @app.post("/api/images/{image_id}/save")
-    def save(image_id: str, session: BrowserSession = Depends(browser)):
+    def save(image_id: str, session: BrowserSession = Depends(viewer)):
         with session.lock:
             opened = session.image(image_id)
         if opened.relative_path is None or folder is None:
@@ -462,7 +465,7 @@ def create_app(
         return {**answer, "objects": described()}  # now marked saved
 
     @app.post("/api/images/{image_id}/hq_output")
-    def set_hq_output(image_id: str, body: ModeBody = Body(...), session: BrowserSession = Depends(browser)):
+    def set_hq_output(image_id: str, body: ModeBody = Body(...), session: BrowserSession = Depends(viewer)):
         annotator.set_hq_output(session, image_id, body.mode)
         return {"hq_output": body.mode}
 
