@@ -260,7 +260,7 @@ ACTIONS = st.one_of(
 )
 
 
-@fuzz_settings(40)
+@fuzz_settings(30)
 @given(programs=st.lists(st.lists(ACTIONS, min_size=1, max_size=3), min_size=2, max_size=3),
        blocked=st.sampled_from(["none", "none", "annotations.json", "output folder"]))
 def test_concurrent_sessions_on_one_image(model_and_cache, tmp_path_factory, count_case, programs, blocked):
@@ -369,7 +369,7 @@ def resume_folder(model_and_cache, tmp_path_factory):
             "examples": 0}
 
 
-@fuzz_settings(220)
+@fuzz_settings(260)
 @given(content=resume_files())
 def test_generated_resume_files(resume_folder, model_and_cache, count_case, content):
     count_case("serve resume files")

@@ -344,7 +344,7 @@ def create_app(
                 annotator.track_saving(opened)
                 raise NotSavedError(
                     f"{change} is kept in this page but NOT saved: {error}. Make the folder writable (or move "
-                    "the file in the way), then press Save; Export still downloads every object",
+                    "the file in the way), then press Save again; Export still downloads every object",
                     {**answer, **opened.saving_state(), "saved_to": None}) from error
             listing.mark_saved(version)
             annotator.track_saving(opened)
