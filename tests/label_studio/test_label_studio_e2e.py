@@ -26,7 +26,7 @@ from finesam.data.images import read_image  # noqa: E402
 from finesam.formats.brush import brush_rle_to_mask  # noqa: E402
 from finesam.label_studio.app import create_app  # noqa: E402
 from finesam.label_studio.backend import Backend  # noqa: E402
-from finesam.label_studio.images import ImageReader  # noqa: E402
+from finesam.label_studio.images import ImageReader, LabelStudioHost  # noqa: E402
 from finesam.registry import REGISTRY  # noqa: E402
 from finesam.server.cache import FeatureCache  # noqa: E402
 from finesam.server.cache import image_key  # noqa: E402
@@ -89,13 +89,17 @@ def mobile_backend():
 
 
 @pytest.fixture(scope="module")
-def pi_backend():
+def pi_backend(label_studio):
     """A Pi-SAM backend (depth-reduced ViT-B, random weights; the replay does not depend on depth)
-    served in this process with basic auth, and the model to compare with."""
+    served in this process with basic auth, reading images with a personal access token (as
+    LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY give it: Label Studio 1.23 disables legacy tokens by default)."""
     uvicorn = pytest.importorskip("uvicorn")
+    created = label_studio.post("/api/token/")
+    assert created.status_code == 201, created.text
+    host = LabelStudioHost.parse(str(label_studio.base_url).rstrip("/"), created.json()["token"])
     spec = REGISTRY["pi_vit_b"].with_encoder(depth=2, global_attn_indexes=(1,))
     model = finesam.load(spec, random_weights=True)
-    backend = Backend(model, "pi_vit_b", ImageReader(), FeatureCache(10**9))
+    backend = Backend(model, "pi_vit_b", ImageReader(), FeatureCache(10**9), host=host)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(backend, basic_auth=BASIC_AUTH), host="127.0.0.1", port=port,
                                            log_level="warning"))

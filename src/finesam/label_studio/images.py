@@ -15,6 +15,7 @@ limited in bytes before it is decoded, and the image in pixels by finesam's read
 
 from __future__ import annotations
 
+import json
 import tempfile
 import urllib.error
 import urllib.parse
@@ -84,6 +85,11 @@ def parse_allowed_host(value: str) -> tuple[str, int | None]:
     return parts.hostname, port
 
 
+def _is_personal_access_token(token: str | None) -> bool:
+    """Label Studio's personal access tokens are JWTs (three base64url parts); legacy tokens are hex."""
+    return bool(token) and token.startswith("eyJ") and token.count(".") == 2
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         raise ImageFetchError(f"{req.full_url} answered a redirect ({code}) to {newurl}; redirects are not followed: "
@@ -106,6 +112,7 @@ class ImageReader:
         self.timeout = timeout
         # Proxies from the environment apply, as for any client; redirects are refused.
         self._opener = urllib.request.build_opener(_NoRedirects)
+        self._access_tokens: dict[tuple[str, str], str] = {}
 
     def read(self, reference: str, host: LabelStudioHost | None) -> np.ndarray:
         """The (H, W, 3) uint8 image that a task field ``reference`` names, as displayed."""
@@ -177,22 +184,17 @@ class ImageReader:
             raise ImageFetchError(f"the task image URL {url!r} is on the host {parts.netloc!r}, which is neither "
                                   f"{where} nor a host given with --allow-host; start the backend with "
                                   f"--allow-host {parts.hostname} to read images from it")
-        request = urllib.request.Request(url, headers={"User-Agent": "finesam-label-studio"})
-        if token:
-            request.add_header("Authorization", f"Token {token}")
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                declared = response.headers.get("Content-Length")
-                if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                    raise ImageFetchError(f"the task image {url!r} is {int(declared) / 1e6:.1f} MB, over the limit of "
-                                          f"{self.max_bytes / 1e6:g} MB (--max-image-mb)")
-                body = response.read(self.max_bytes + 1)
+            body = self._get(url, host if token else None)
         except urllib.error.HTTPError as error:
-            hint = ""
-            if error.code in (401, 403) and host is not None and _same_origin(parts, urllib.parse.urlsplit(host.url)):
-                hint = ("; Label Studio refused the token: it sends one to /setup when the backend is connected, or set "
-                        "LABEL_STUDIO_API_KEY to a user's legacy API token (Account & Settings)")
-            raise ImageFetchError(f"downloading the task image {url!r} failed: HTTP {error.code} {error.reason}{hint}") from error
+            if error.code == 401 and token and _is_personal_access_token(token):
+                self._access_tokens.pop((host.url, token), None)  # expired: refresh once and try again
+                try:
+                    body = self._get(url, host)
+                except urllib.error.HTTPError as again:
+                    raise self._http_error(url, again, host, parts) from again
+            else:
+                raise self._http_error(url, error, host, parts) from error
         except (urllib.error.URLError, TimeoutError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise ImageFetchError(f"downloading the task image {url!r} failed: {reason}") from error
@@ -201,6 +203,49 @@ class ImageReader:
         if not body:
             raise ImageFetchError(f"the task image {url!r} is empty")
         return body
+
+    def _get(self, url: str, host: LabelStudioHost | None) -> bytes:
+        """GET ``url`` (with ``host``'s token when given), at most ``max_bytes + 1`` bytes of it."""
+        request = urllib.request.Request(url, headers={"User-Agent": "finesam-label-studio"})
+        if host is not None and host.token:
+            request.add_header("Authorization", self._authorization(host))
+        with self._opener.open(request, timeout=self.timeout) as response:
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                raise ImageFetchError(f"the task image {url!r} is {int(declared) / 1e6:.1f} MB, over the limit of "
+                                      f"{self.max_bytes / 1e6:g} MB (--max-image-mb)")
+            return response.read(self.max_bytes + 1)
+
+    def _authorization(self, host: LabelStudioHost) -> str:
+        """``Token <legacy token>``, or ``Bearer <access token>`` for a personal access token (a JWT
+        refresh token, exchanged at Label Studio's /api/token/refresh/ and kept until refused)."""
+        if not _is_personal_access_token(host.token):
+            return f"Token {host.token}"
+        key = (host.url, host.token)
+        access = self._access_tokens.get(key)
+        if access is None:
+            request = urllib.request.Request(f"{host.url}/api/token/refresh/", data=json.dumps({"refresh": host.token}).encode(),
+                                             headers={"Content-Type": "application/json", "User-Agent": "finesam-label-studio"})
+            try:
+                with self._opener.open(request, timeout=self.timeout) as response:
+                    access = json.loads(response.read(1 << 16)).get("access")
+            except (urllib.error.URLError, OSError, ValueError, AttributeError) as error:
+                raise ImageFetchError(f"Label Studio at {host.url} did not exchange the personal access token for an "
+                                      f"access token ({getattr(error, 'reason', error)}); check LABEL_STUDIO_API_KEY") from error
+            if not isinstance(access, str) or not access:
+                raise ImageFetchError(f"Label Studio at {host.url} answered /api/token/refresh/ without an access token")
+            self._access_tokens[key] = access
+        return f"Bearer {access}"
+
+    @staticmethod
+    def _http_error(url: str, error: urllib.error.HTTPError, host: LabelStudioHost | None,
+                    parts: urllib.parse.SplitResult) -> ImageFetchError:
+        hint = ""
+        if error.code in (401, 403) and host is not None and _same_origin(parts, urllib.parse.urlsplit(host.url)):
+            hint = ("; Label Studio refused the token: it sends one to /setup when the backend is connected (a legacy "
+                    "token, refused where legacy tokens are disabled), or set LABEL_STUDIO_API_KEY to a user's "
+                    "access token (Account & Settings)")
+        return ImageFetchError(f"downloading the task image {url!r} failed: HTTP {error.code} {error.reason}{hint}")
 
     def _decode(self, body: bytes, reference: str) -> np.ndarray:
         with tempfile.TemporaryDirectory(prefix="finesam-ls-") as temporary:
