@@ -28,7 +28,7 @@ from finesam.label_studio.images import ImageReader  # noqa: E402
 from finesam.predict.automatic_mask_generator import AutomaticMaskGenerator  # noqa: E402
 from finesam.predict.interactive import InteractiveSession  # noqa: E402
 from finesam.registry import REGISTRY  # noqa: E402
-from finesam.server.cache import FeatureCache  # noqa: E402
+from finesam.server.cache import FeatureCache, image_key  # noqa: E402
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -95,9 +95,14 @@ def local_client(app) -> TestClient:
 
 
 def replay(model, image, steps) -> InteractiveSession:
-    """The reference: InteractiveSession on the same image, ``steps`` of ("box", xyxy) / ("click", x, y, positive) in pixels."""
+    """The reference: InteractiveSession on the same image, ``steps`` of ("box", xyxy) / ("click", x, y, positive)
+    in pixels; with the features of SamPredictor.set_image that the backend cached (as tests/server does)."""
     predictor = finesam.SamPredictor(model)
-    predictor.set_image(image)
+    entry = SHARED_CACHE.get(image_key(image))
+    if entry is not None:
+        predictor.set_features(entry.features, image.shape[:2])
+    else:
+        predictor.set_image(image)
     session = InteractiveSession(predictor)
     for step in steps:
         if step[0] == "box":
@@ -174,7 +179,7 @@ def test_without_context_every_task_gets_an_empty_result(client):
 
 
 def test_auto_gives_every_object_as_brush_regions(model, image_root, image):
-    generator = AutomaticMaskGenerator(model, points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    generator = AutomaticMaskGenerator(model, points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     client = local_client(create_app(make_backend(model, image_root, auto_generator=generator)))
     answer = client.post("/predict", json=request(None))
     assert answer.status_code == 200, answer.text
@@ -190,12 +195,13 @@ def test_auto_gives_every_object_as_brush_regions(model, image_root, image):
 def test_pi_model_corrects_the_box_mask(image_root, image):
     spec = REGISTRY["pi_vit_b"].with_encoder(depth=2, global_attn_indexes=(1,))  # the replay does not depend on depth
     pi = finesam.load(spec, random_weights=True)
-    client = local_client(create_app(make_backend(pi, image_root, name="pi_vit_b")))
+    backend = make_backend(pi, image_root, name="pi_vit_b", cache=FeatureCache(10**9))  # a cache belongs to one model
+    client = local_client(create_app(backend))
     height, width = image.shape[:2]
     answer = client.post("/predict", json=request([box(10, 10, 80, 80), click(50, 50), click(20, 85, positive=False)]))
     assert answer.status_code == 200, answer.text
     predictor = finesam.SamPredictor(pi)
-    predictor.set_image(image)
+    predictor.set_features(backend.cache.get(image_key(image)).features, image.shape[:2])  # set_image's, once
     predictor.predict(box=np.array([px(10, width), px(10, height), px(90, width), px(90, height)]))
     corrected, _, _ = predictor.correct(np.array([[px(50, width), px(50, height)]]), np.array([[px(20, width), px(85, height)]]))
     assert (the_mask(answer.json()) == corrected[0]).all()
