@@ -372,3 +372,12 @@ def test_json_answers_are_json(client):
     answer = client.post("/predict", json=request([click(40, 50)]))
     json.loads(answer.text)  # the brush RLE is plain ints
     assert all(isinstance(v, int) and 0 <= v <= 255 for v in answer.json()["results"][0]["result"][0]["value"]["rle"])
+
+
+def test_label_studio_host_keeps_a_path_prefix_and_drops_credentials():
+    from finesam.label_studio.images import LabelStudioHost
+
+    assert LabelStudioHost.parse("http://LocalHost:8080/").url == "http://localhost:8080"
+    assert LabelStudioHost.parse("https://u:p@ls.example.com/label-studio/", "t").url == "https://ls.example.com/label-studio"
+    with pytest.raises(ValueError, match="not an http"):
+        LabelStudioHost.parse("ftp://ls.example.com")

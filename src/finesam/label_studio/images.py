@@ -40,7 +40,7 @@ class ImageFetchError(InvalidInputError):
 
 @dataclass(frozen=True)
 class LabelStudioHost:
-    """Where Label Studio runs (``scheme://host[:port]``, no path) and the token to read its files."""
+    """Where Label Studio runs (``scheme://host[:port]`` and its path prefix, if any) and the token to read its files."""
 
     url: str
     token: str | None = None
@@ -54,7 +54,9 @@ class LabelStudioHost:
             parts.port  # noqa: B018  (a bad port raises here)
         except ValueError as error:
             raise InvalidInputError(f"{source} {url!r} has an invalid port ({error})") from error
-        return cls(f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}".lower(), token or None)
+        # A Label Studio served under a path (--host http://example.com/label-studio/) keeps it.
+        origin = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}".lower()
+        return cls(origin + parts.path.rstrip("/"), token or None)
 
     @property
     def netloc(self) -> str:
