@@ -9,7 +9,15 @@ RUNTIME_PY := $(RUNTIME_VENV)/bin/python
 RUNTIME_STAMP := $(RUNTIME_VENV)/.torch-installed
 RUNTIME_SRC := $(RUNTIME_VENV)/source
 
-.PHONY: test demo venv bench clean check-runtime chromium
+# Label Studio for the ML backend's end-to-end test (tests/label_studio/): its own venv (it pins
+# Django and friends), and a migrated database made once (creating one takes minutes; a copy opens
+# in seconds). Where it cannot be installed, those tests skip and say why.
+LS_VENV := .venv-ls
+LS_VERSION := 1.23.2
+LS_STAMP := $(LS_VENV)/.label-studio-$(LS_VERSION)
+LS_DATABASE := $(LS_VENV)/database-template/.finesam-ready
+
+.PHONY: test demo venv bench clean check-runtime chromium ls-venv
 
 venv: $(STAMP)
 
@@ -28,8 +36,22 @@ chromium:
 	  $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	} || echo "WARNING: could not install Debian's chromium: the browser test will skip"
 
+ls-venv: $(LS_DATABASE)
+
+$(LS_STAMP):
+	rm -rf $(LS_VENV) $(LS_VENV).partial
+	$(PYTHON) -m venv $(LS_VENV).partial
+	$(LS_VENV).partial/bin/pip install -q label-studio==$(LS_VERSION) 2>&1 | grep -v "^WARNING: Location" || true
+	@if $(LS_VENV).partial/bin/python -c "import label_studio, label_studio_sdk" 2>/dev/null; then \
+	  mv $(LS_VENV).partial $(LS_VENV) && touch $(LS_STAMP); \
+	else rm -rf $(LS_VENV).partial; echo "WARNING: could not install label-studio==$(LS_VERSION): the Label Studio tests will skip"; fi
+
+$(LS_DATABASE): $(LS_STAMP)
+	@if [ -d $(LS_VENV) ]; then $(PYTHON) tests/label_studio/ls_server.py prepare --venv $(LS_VENV) \
+	  || echo "WARNING: could not prepare Label Studio's database: the end-to-end test will make its own (minutes)"; fi
+
 # The runtime-only install check, then pytest (whose summary closes the output); fails if either fails.
-test: $(STAMP) chromium
+test: $(STAMP) chromium ls-venv
 	@status=0; $(MAKE) --no-print-directory check-runtime || status=$$?; \
 	$(PY) -m pytest -q tests || status=$$?; \
 	exit $$status
@@ -57,4 +79,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_predictor.py
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) demo-output .pytest_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(LS_VENV) demo-output .pytest_cache

@@ -1,5 +1,6 @@
-"""Command line: ``finesam segment`` and ``finesam eval``. Each command imports what needs an
-optional extra only when it runs. Every refusal is one line on stderr and exit code 2; an
+"""Command line: ``finesam segment``, ``eval``, ``train``, ``serve``, ``export`` and ``label-studio``
+(one module each; ``label-studio`` is :mod:`finesam.cli.label_studio`). Each command imports what
+needs an optional extra only when it runs. Every refusal is one line on stderr and exit code 2; an
 interruption exits 130."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from ..errors import FinesamError, one_line
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-COMMANDS = ("segment", "eval", "train", "serve", "export")
+COMMANDS = ("segment", "eval", "train", "serve", "export", "label-studio")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -27,8 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="finesam", description="High-quality promptable segmentation.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for command in COMMANDS:
-        importlib.import_module(f"{__name__}.{command}").add_parser(commands)
+        _command_module(command).add_parser(commands)
     return parser
+
+
+def _command_module(command: str):
+    """The module of a command (``label-studio`` -> ``finesam.cli.label_studio``)."""
+    return importlib.import_module(f"{__name__}.{command.replace('-', '_')}")
 
 
 def fail(command: str, message: str) -> int:
@@ -40,7 +46,7 @@ def fail(command: str, message: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return importlib.import_module(f"{__name__}.{args.command}").run(args)
+        return _command_module(args.command).run(args)
     except FinesamError as error:
         return fail(args.command, one_line(error))
     except OSError as error:  # writing outputs: full disk, permissions, a path that vanished
