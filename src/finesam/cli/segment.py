@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,10 @@ from ..predict.batch import (
     ObjectPrompt,
     automatic_objects,
     check_image_prompts,
+    check_outputs_spare_inputs,
     check_resumable,
     collect_images,
+    output_key,
     parse_formats,
     predict_objects,
     run_batch,
@@ -152,6 +155,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return seg
 
 
+def same_file(first: str | Path, second: str | Path) -> bool:
+    """Whether two paths name one file: the same resolved path (symlinks, ``..``, other
+    spellings), or, when both exist, the same file (hard links)."""
+    first, second = Path(first), Path(second)
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return first.exists() and second.exists() and os.path.samefile(first, second)
+    except OSError:
+        return False
+
+
+def check_not_input(output: Path, flag: str, image: str) -> None:
+    """Refuse an output file that is the input image (writing it would replace the photograph)."""
+    if same_file(output, image):
+        raise InvalidInputError(f"{flag} {str(output)!r} is the input image {image!r}: writing it would replace the "
+                                "photograph; choose another output path (e.g. mask.png)")
+
+
 def _out_is_file(out: str) -> bool:
     """A mask file (lossless image suffix; a lossy or other image suffix is refused by the mask
     path check), else a folder."""
@@ -226,6 +248,11 @@ def _run_single(args: argparse.Namespace) -> int:
     prompts = _flag_prompts(args)
     if Path(args.inputs[0]).is_dir():
         raise InvalidInputError(f"{args.inputs[0]!r} is a folder: give a folder as --out to segment its images")
+    check_not_input(mask_path, "--out", args.inputs[0])
+    if overlay_path is not None:
+        check_not_input(overlay_path, "--overlay", args.inputs[0])
+        if same_file(overlay_path, mask_path):
+            raise InvalidInputError(f"--out and --overlay name the same file {args.out!r}: give two paths")
     image = read_image(args.inputs[0])
     for box in prompts.boxes or [None]:  # every prompt, before the model loads
         declared.check_prompts(image.shape[:2], np.array(prompts.points) if prompts.points else None,
@@ -256,18 +283,18 @@ def _run_single(args: argparse.Namespace) -> int:
 def _jobs(args: argparse.Namespace, images: list[Path]) -> list[ImageJob]:
     """One job per image with its prompts: the flag prompts for every image, or the file's boxes."""
     if args.auto:
-        return [ImageJob(path.stem, path, path.name, ()) for path in images]
+        return [ImageJob(output_key(path), path, path.name, ()) for path in images]
     if not args.prompts:
         flags = _flag_prompts(args)
         boxes = flags.boxes or [None]
         prompts = tuple(ObjectPrompt(box=tuple(box) if box is not None else None, points=tuple(map(tuple, flags.points)),
                                      labels=tuple(flags.labels), prompt_id=index) for index, box in enumerate(boxes))
-        return [ImageJob(path.stem, path, path.name, prompts) for path in images]
+        return [ImageJob(output_key(path), path, path.name, prompts) for path in images]
     file_prompts = read_prompt_file(args.prompts)
     if args.min_detector_score is not None:
         file_prompts = [p for p in file_prompts if p.detector_score is None or p.detector_score >= args.min_detector_score]
     grouped, unmatched = group_by_image(file_prompts, [path.stem for path in images])
-    jobs = [ImageJob(path.stem, path, grouped[path.stem][0].image_id,
+    jobs = [ImageJob(output_key(path), path, grouped[path.stem][0].image_id,
                      tuple(ObjectPrompt(box=p.box, prompt_id=p.prompt_id, category_id=p.category_id,
                                         detector_score=p.detector_score) for p in grouped[path.stem]))
             for path in images if grouped[path.stem]]
@@ -309,7 +336,8 @@ def _run_folder(args: argparse.Namespace) -> int:
                   "random_weights": args.random_weights, "prompts": args.prompts,
                   "min_detector_score": args.min_detector_score},
     )
-    check_resumable(out, settings, args.overwrite)
+    check_outputs_spare_inputs(out, jobs, [Path(args.prompts)] if args.prompts else [])
+    check_resumable(out, settings, args.overwrite, jobs)
     context = init_distributed(device)
     try:
         model = load_model(args.model, args.checkpoint, args.random_weights, process_device(device, context),
