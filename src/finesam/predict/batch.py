@@ -467,12 +467,16 @@ def _record_problem(record: Any) -> str | None:
     return None
 
 
-def read_record(path: Path) -> dict | None:
-    """An image's record (None when there is none); a damaged one is refused, naming the file."""
+def read_record(out: Path, job: ImageJob) -> dict | None:
+    """The record of ``job``'s image (None when there is none); a damaged one, or one whose
+    objects are of another image, is refused, naming the file."""
+    path = record_path(out, job)
     record = _read_state(path)
     if record is _MISSING:
         return None
     problem = _record_problem(record)
+    if problem is None and any(entry["image_id"] != job.image_id for entry in record["objects"]):
+        problem = f"its objects are not of image_id {job.image_id!r}"
     if problem:
         raise _state_error(path, problem)
     return record
@@ -491,7 +495,7 @@ def check_resumable(out: Path, settings: BatchSettings, overwrite: bool, jobs: S
         kind = "null" if previous is None else f"a {type(previous).__name__}"
         raise _state_error(out / "run.json", f"it holds {kind}, not the settings of a run")
     for job in jobs:
-        read_record(record_path(out, job))
+        read_record(out, job)
     if previous is _MISSING:
         return
     current = json.loads(json.dumps(settings.describe(), default=str))
@@ -531,7 +535,7 @@ def run_batch(
         fingerprint = job.fingerprint(describe)
         record_file = record_path(out, job)
         if not overwrite:
-            record = read_record(record_file)
+            record = read_record(out, job)
             if record is not None and record["fingerprint"] == fingerprint:
                 remove_stale_outputs(out, job.key, image_output_files(out, job.key, settings.formats, len(record["objects"])))
                 skipped += 1
@@ -575,7 +579,7 @@ def merge_records(out: Path, jobs: Sequence[ImageJob], settings: BatchSettings, 
     for job in jobs:
         if job.key in failed_keys:
             continue
-        record = read_record(record_path(out, job))
+        record = read_record(out, job)
         if record is None:
             report.failed.append(f"{job.key}: no record written (a rank stopped early?)")
             continue
