@@ -294,7 +294,7 @@ def _mask_files(out):
 
 
 def test_rerun_with_fewer_objects_replaces_the_image_outputs_as_a_whole(photos, tmp_path, encodings, capsys, monkeypatch):
-    from finesam.predict import batch
+    from finesam.pipeline import folder
 
     out = tmp_path / "out"
     base = [photos / "0001.jpg", "--model", "mobile_sam", "--random-weights", "--out", out]
@@ -307,10 +307,10 @@ def test_rerun_with_fewer_objects_replaces_the_image_outputs_as_a_whole(photos, 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    remove = batch.remove_stale_outputs
-    monkeypatch.setattr(batch, "remove_stale_outputs", killed)
+    remove = folder.remove_stale_outputs
+    monkeypatch.setattr(folder, "remove_stale_outputs", killed)
     assert run([*base, "--box", "20", "20", "200", "150", "--format", "png,coco,instances,overlay"], capsys)[0] == 130
-    monkeypatch.setattr(batch, "remove_stale_outputs", remove)
+    monkeypatch.setattr(folder, "remove_stale_outputs", remove)
     code, stdout, _ = run([*base, "--box", "20", "20", "200", "150", "--format", "png,coco,instances,overlay"], capsys)
     assert code == 0 and "1 done before, skipped" in stdout
     assert _mask_files(out) == ["instances/0001.png", "masks/0001/0.png", "overlays/0001.png"]

@@ -23,8 +23,8 @@ from finesam.cli import segment as segment_command
 from finesam.data.prompt_files import PromptFileError, group_by_image, read_prompt_file
 from finesam.errors import FinesamError
 from finesam.formats import read_coco_results
-from finesam.predict import batch
-from finesam.predict.batch import BatchSettings, ImageJob, ObjectPrompt, Segmented
+from finesam.pipeline import folder
+from finesam.pipeline.folder import BatchSettings, ImageJob, ObjectPrompt, Segmented
 
 
 def fuzz_settings(default: int):
@@ -246,7 +246,7 @@ def done_run(tmp_path_factory):
         prompts = (ObjectPrompt(box=(1, 1, 20, 20), prompt_id=0), ObjectPrompt(box=(2, 2, 9, 9), prompt_id=1))
         jobs.append(ImageJob(stem, root / f"{stem}.png", f"{stem}.png", prompts))
     run_settings = BatchSettings(formats=("png", "coco", "instances"), run_info={"model": "stand-in"})
-    report = batch.run_batch(jobs, root / "out", run_settings, fake_segment, progress=False)
+    report = folder.run_batch(jobs, root / "out", run_settings, fake_segment, progress=False)
     assert report.exit_code == 0 and report.objects == 4
     return root / "out", jobs, run_settings
 
@@ -298,8 +298,8 @@ def check_resume(out: Path, jobs, run_settings, count_case, category: str) -> No
     count_case(category)
 
     def resume():
-        batch.check_resumable(out, run_settings, False, jobs)
-        return batch.run_batch(jobs, out, run_settings, fake_segment, progress=False)
+        folder.check_resumable(out, run_settings, False, jobs)
+        return folder.run_batch(jobs, out, run_settings, fake_segment, progress=False)
 
     report, error = clear_error_or_result(resume)
     if error is not None:

@@ -2,7 +2,7 @@
 
 ``--out`` ending in .png/.bmp/.tif/.tiff: one image, the union of its masks in one file (and
 ``--overlay``). Any other ``--out`` is a folder: many images, one encoding each, the outputs of
-``--format`` (see :mod:`finesam.predict.batch`), resumable, split over ``torchrun`` processes.
+``--format`` (see :mod:`finesam.pipeline.folder`), resumable, split over ``torchrun`` processes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..errors import InvalidInputError
 from ..loading import load
 from ..modeling.decoder_api import HQ_OUTPUTS
 from ..outputs import check_output_dir
-from ..predict.batch import (
+from ..pipeline.folder import (
     OUTPUT_FORMATS,
     BatchReport,
     BatchSettings,
@@ -312,7 +312,7 @@ def _jobs(args: argparse.Namespace, images: list[Path]) -> list[ImageJob]:
 
 
 def _run_folder(args: argparse.Namespace) -> int:
-    """Many images into a folder: see :mod:`finesam.predict.batch`."""
+    """Many images into a folder: see :mod:`finesam.pipeline.folder`."""
     out = check_output_dir(args.out)
     if args.overlay:
         raise InvalidInputError("--overlay FILE goes with a mask file --out; with --out DIR add 'overlay' to --format")

@@ -49,7 +49,7 @@ from ..distributed import SINGLE_PROCESS, DistributedContext, barrier, broadcast
 from ..errors import FinesamError, InvalidInputError, one_line
 from ..formats.coco import RESULT_FIELDS, results_entry, write_coco_results
 from ..formats.polygons import mask_to_geojson, mask_to_polygons
-from .predictor import SamPredictor
+from ..predict.predictor import SamPredictor
 
 OUTPUT_FORMATS = ("png", "instances", "coco", "polygons", "overlay")
 EXIT_OK = 0
