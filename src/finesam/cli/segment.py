@@ -76,21 +76,23 @@ class Prompts:
     labels: list[int] = field(default_factory=list)
 
 
+def object_prompts(prompts: Prompts) -> tuple[ObjectPrompt, ...]:
+    """One object per box (the clicks go with it: a single box only), or one object from the clicks."""
+    if len(prompts.boxes) > 1 and prompts.points:
+        raise InvalidInputError("points can be combined with a single box only")
+    return tuple(ObjectPrompt(box=tuple(box) if box is not None else None, points=tuple(map(tuple, prompts.points)),
+                              labels=tuple(prompts.labels), prompt_id=index)
+                 for index, box in enumerate(prompts.boxes or [None]))
+
+
 def segment(predictor: SamPredictor, prompts: Prompts, multimask: bool = False, hq_output: str | None = None) -> list[np.ndarray]:
-    """One (H, W) bool mask per object: per box (points apply to a single box), or one from the points.
+    """One (H, W) bool mask per object: per box (points apply to a single box), or one from the
+    points; the objects go through the folder pipeline's :func:`predict_objects`.
 
     With ``multimask`` the candidate with the best predicted score is kept.
     """
-    points = np.array(prompts.points, dtype=float) if prompts.points else None
-    labels = np.array(prompts.labels) if prompts.labels else None
-    if len(prompts.boxes) > 1:
-        if points is not None:
-            raise InvalidInputError("points can be combined with a single box only")
-        masks, scores, _ = predictor.predict_batch(boxes=np.array(prompts.boxes), multimask_output=multimask, hq_output=hq_output)
-        return [m[int(np.argmax(s))] for m, s in zip(masks, scores)]
-    box = np.array(prompts.boxes[0]) if prompts.boxes else None
-    masks, scores, _ = predictor.predict(points, labels, box, multimask_output=multimask, hq_output=hq_output)
-    return [masks[int(np.argmax(scores))]]
+    settings = BatchSettings(multimask=multimask, hq_output=hq_output)
+    return [obj.mask for obj in predict_objects(predictor, object_prompts(prompts), settings)]
 
 
 def write_outputs(
@@ -262,16 +264,11 @@ def _run_single(args: argparse.Namespace) -> int:
     predictor = SamPredictor(load_model(args.model, args.checkpoint, args.random_weights, device,
                                         decoder_checkpoint=args.decoder_checkpoint))
     predictor.set_image(image)
-    if args.fix_point or args.fix_negative:
-        object_prompts = [ObjectPrompt(box=tuple(b) if b is not None else None, points=tuple(map(tuple, prompts.points)),
-                                       labels=tuple(prompts.labels)) for b in (prompts.boxes or [None])]
-        settings = BatchSettings(multimask=args.multimask, hq_output=args.hq_output,
-                                 fix_points=tuple(map(tuple, args.fix_point)), fix_negatives=tuple(map(tuple, args.fix_negative)))
-        masks = [obj.mask for obj in predict_objects(predictor, object_prompts, settings)]
-        prompts.points += args.fix_point + args.fix_negative
-        prompts.labels += [1] * len(args.fix_point) + [0] * len(args.fix_negative)
-    else:
-        masks = segment(predictor, prompts, args.multimask, args.hq_output)
+    settings = BatchSettings(multimask=args.multimask, hq_output=args.hq_output,
+                             fix_points=tuple(map(tuple, args.fix_point)), fix_negatives=tuple(map(tuple, args.fix_negative)))
+    masks = [obj.mask for obj in predict_objects(predictor, object_prompts(prompts), settings)]  # as in folder runs
+    prompts.points += args.fix_point + args.fix_negative  # drawn on the overlay
+    prompts.labels += [1] * len(args.fix_point) + [0] * len(args.fix_negative)
     banner = RANDOM_WEIGHTS_WARNING if args.random_weights else None
     write_outputs(image, masks, prompts, mask_path, overlay_path, banner)
     print(f"wrote {args.out}" + (f" and {args.overlay}" if args.overlay else "") + f" ({int(np.logical_or.reduce(masks).sum())} mask pixels)")
@@ -285,10 +282,7 @@ def _jobs(args: argparse.Namespace, images: list[Path]) -> list[ImageJob]:
     if args.auto:
         return [ImageJob(output_key(path), path, path.name, ()) for path in images]
     if not args.prompts:
-        flags = _flag_prompts(args)
-        boxes = flags.boxes or [None]
-        prompts = tuple(ObjectPrompt(box=tuple(box) if box is not None else None, points=tuple(map(tuple, flags.points)),
-                                     labels=tuple(flags.labels), prompt_id=index) for index, box in enumerate(boxes))
+        prompts = object_prompts(_flag_prompts(args))
         return [ImageJob(output_key(path), path, path.name, prompts) for path in images]
     file_prompts = read_prompt_file(args.prompts)
     if args.min_detector_score is not None:
