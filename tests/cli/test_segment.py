@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -105,3 +106,22 @@ def test_demo_includes_shared_images_when_present():
     shared = data_path("demo")
     names = [name for name, _, _ in demo.demo_jobs(shared)]
     assert "example7" in names and "coffee_cup" in names
+
+
+def test_outputs_never_replace_the_input_image(image_file, tmp_path, capsys, monkeypatch):
+    """--out / --overlay naming the photograph (also through a symlink, another spelling or a hard
+    link) is refused before the model loads, and the photograph is left as it was."""
+    from finesam.cli import segment as segment_command
+
+    monkeypatch.setattr(segment_command, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    original = image_file.read_bytes()
+    (tmp_path / "link.png").symlink_to(image_file)
+    os.link(image_file, tmp_path / "hard.png")
+    (tmp_path / "sub").mkdir()
+    for flags in (["--out", str(image_file)], ["--out", str(tmp_path / "link.png")], ["--out", str(tmp_path / "hard.png")],
+                  ["--out", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "sub" / ".." / "photo.png")],
+                  ["--out", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "m.png")]):
+        code = cli.main(["segment", str(image_file), "--model", "mobile_sam", "--random-weights", "--box", "1", "1", "50", "50", *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and ("is the input image" in err or "the same file" in err), err
+        assert image_file.read_bytes() == original and not (tmp_path / "m.png").exists()

@@ -287,3 +287,120 @@ def test_two_torchrun_processes_give_the_single_process_outputs(photos, tmp_path
     for stem in ("0001", "0002"):
         for name in (f"masks/{stem}/0.png", f"instances/{stem}.png"):
             np.testing.assert_array_equal(np.asarray(Image.open(single / name)), np.asarray(Image.open(sharded / name)))
+
+
+def _mask_files(out):
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+
+
+def test_rerun_with_fewer_objects_replaces_the_image_outputs_as_a_whole(photos, tmp_path, encodings, capsys, monkeypatch):
+    from finesam.pipeline import folder
+
+    out = tmp_path / "out"
+    base = [photos / "0001.jpg", "--model", "mobile_sam", "--random-weights", "--out", out]
+    two = ["--box", "20", "20", "200", "150", "--box", "10", "10", "90", "90"]
+    assert run([*base, *two, "--format", "png,coco,instances,overlay"], capsys)[0] == 0
+    assert _mask_files(out) == ["instances/0001.png", "masks/0001/0.png", "masks/0001/1.png", "overlays/0001.png"]
+
+    # other --box values (no other settings): the image is redone; a kill after its record is
+    # written but before the old files go leaves them only until the next run
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    remove = folder.remove_stale_outputs
+    monkeypatch.setattr(folder, "remove_stale_outputs", killed)
+    assert run([*base, "--box", "20", "20", "200", "150", "--format", "png,coco,instances,overlay"], capsys)[0] == 130
+    monkeypatch.setattr(folder, "remove_stale_outputs", remove)
+    code, stdout, _ = run([*base, "--box", "20", "20", "200", "150", "--format", "png,coco,instances,overlay"], capsys)
+    assert code == 0 and "1 done before, skipped" in stdout
+    assert _mask_files(out) == ["instances/0001.png", "masks/0001/0.png", "overlays/0001.png"]
+    assert len(json.loads((out / "coco_results.json").read_text())) == 1
+
+    # --overwrite with fewer formats: the formats no longer written go too
+    assert run([*base, "--box", "20", "20", "200", "150", "--format", "png,coco", "--overwrite"], capsys)[0] == 0
+    assert _mask_files(out) == ["masks/0001/0.png"]
+
+    # an edited prompts file with no valid box left for the image: no masks of the old prompts remain
+    (tmp_path / "boxes.csv").write_text("0001.jpg,10,10,100,100\n0001.jpg,20,20,90,90\n")
+    prompted = [*base[:-2], "--prompts", tmp_path / "boxes.csv", "--out", out, "--format", "png,coco"]
+    assert run([*prompted, "--overwrite"], capsys)[0] == 0 and _mask_files(out) == ["masks/0001/0.png", "masks/0001/1.png"]
+    (tmp_path / "boxes.csv").write_text("0001.jpg,10,10,1e9,100\n")
+    assert run(prompted, capsys)[0] == 1
+    assert _mask_files(out) == [] and json.loads((out / "coco_results.json").read_text()) == []
+
+
+def test_outputs_inside_out_never_land_on_an_input(photos, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(segment_command, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "out"
+    (out / "overlays").mkdir(parents=True)
+    (out / "masks" / "0002").mkdir(parents=True)
+    shutil.copy(photos / "0001.jpg", out / "overlays" / "0001.png")  # a folder run's overlays segmented again
+    shutil.copy(photos / "0001.jpg", out / "masks" / "0002" / "0.png")  # where 0002.jpg's first mask goes
+    os.symlink(out / "masks" / "0002", tmp_path / "masks_link")
+    (tmp_path / "gt.json").write_text(json.dumps(coco_prompts(photos)))
+    shutil.copy(tmp_path / "gt.json", out / "coco_results.json")
+    box = ["--box", "20", "20", "200", "150"]
+    cases = [([out / "overlays", *box, "--format", "png"], "overlays/0001.png"),       # stale overlays would be removed
+             ([out / "overlays" / "0001.png", *box, "--format", "overlay"], "overlays/0001.png"),
+             ([tmp_path / "masks_link" / "0.png", photos / "0002.jpg", *box], "masks/0002/0.png"),  # via a symlink
+             ([photos, "--prompts", out / "coco_results.json"], "coco_results.json")]
+    for inputs, fragment in cases:
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        code, _, err = run([*inputs, "--model", "mobile_sam", "--random-weights", "--out", out], capsys)
+        assert code == 2 and fragment in err and "is the input" in err and len(err.strip().splitlines()) == 1, err
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+DAMAGED_STATE = [
+    ("run.json", "[]", "it holds a list, not the settings of a run"),
+    ("run.json", "null", "it holds null"),
+    ("run.json", "{\"formats\": [\"png\"", "not valid JSON"),
+    ("run.json/", "", "it is not a file"),
+    ("records/0001.json", '{"fingerprint": "0123"}', "'objects' list is missing"),
+    ("records/0001.json", '{"fingerprint": "0123", "objects": [{"image_id": [1]}]}', "an object lacks category_id"),
+    ("records/0001.json", '{"fingerprint": "0123", "objects": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], '
+                          '"area": -1, "score": "high", "segmentation": {"size": [3], "counts": ""}}]}',
+     "an object's score, area, segmentation are not"),
+    ("records/0001.json", '{"fingerprint": "0123", "objects": [], "bad_prompts": "x"}', "'bad_prompts' is not a list"),
+    ("records/0001.json", "null", "a record is a JSON object, not null"),
+    ("records/0001.json", "\xff", "not valid JSON"),
+    ("records/0001.json/", "", "it is not a file"),
+]
+
+
+def test_damaged_resume_state_is_one_line_naming_the_file(photos, tmp_path, encodings, capsys, monkeypatch):
+    done = tmp_path / "done"
+    args = [photos / "0001.jpg", "--model", "mobile_sam", "--random-weights", "--box", "20", "20", "200", "150"]
+    assert run([*args, "--out", done], capsys)[0] == 0
+    for number, (name, content, fragment) in enumerate(DAMAGED_STATE):
+        out = tmp_path / f"out{number}"
+        shutil.copytree(done, out)
+        path = out / name.rstrip("/")
+        path.unlink()
+        if name.endswith("/"):
+            path.mkdir()
+        else:
+            path.write_text(content)
+        code, _, err = run([*args, "--out", out], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (name, content, err)
+        assert str(path) in err and fragment in err and "move it away, or pass --overwrite" in err, (name, content, err)
+    for out in (tmp_path / "out0", tmp_path / "out4"):  # run.json = [], a record without objects: redone
+        code, _, err = run([*args, "--out", out, "--overwrite"], capsys)
+        assert code == 0, err
+        assert len(json.loads((out / "coco_results.json").read_text())) == 1
+
+
+def test_dot_and_superscript_names_get_outputs_of_their_own(photos, tmp_path, encodings, capsys):
+    """``..png`` (stem ".") writes under masks/%2E/, not into masks/ itself; ``².png`` matches the
+    detector image_id "²" (str.isdigit is true for it, int() refuses it)."""
+    shutil.copy(photos / "0001.jpg", tmp_path / "..jpg")
+    shutil.copy(photos / "0002.jpg", tmp_path / "².jpg")
+    (tmp_path / "det.json").write_text(json.dumps([{"image_id": "²", "bbox": [20, 20, 100, 100], "score": 0.9},
+                                                   {"image_id": ".", "bbox": [10, 10, 50, 50], "category_id": "--5"}]))
+    out = tmp_path / "out"
+    code, _, err = run([tmp_path / "..jpg", tmp_path / "².jpg", "--model", "mobile_sam", "--random-weights",
+                        "--prompts", tmp_path / "det.json", "--out", out, "--format", "png,coco,instances"], capsys)
+    assert code == 0, err
+    assert _mask_files(out) == ["instances/%2E.png", "instances/².png", "masks/%2E/0.png", "masks/²/0.png"]
+    results = json.loads((out / "coco_results.json").read_text())
+    assert [(r["image_id"], r["category_id"]) for r in results] == [(".", "--5"), ("²", 1)]

@@ -81,3 +81,47 @@ def test_bad_files_name_file_and_line(tmp_path, name, content, fragment):
 def test_missing_file(tmp_path):
     with pytest.raises(PromptFileError, match="no such file"):
         read_prompt_file(tmp_path / "none.json")
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("a.json", '{"images": [{"id": [1], "file_name": "a.jpg"}], "annotations": []}', "images[0]: id must be an integer or a name"),
+    ("a.json", '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": {"a": 1}, "bbox": [0, 0, 1, 1]}]}',
+     "annotations[0]: image_id must be an integer or a name"),
+    ("a.json", '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": [7], "image_id": 1, "bbox": [0, 0, 1, 1]}]}',
+     "annotations[0]: id must be an integer or a name"),
+    ("a.json", '[{"image_id": 1, "bbox": [0, 0, 1, 1], "category_id": {"x": 1}}]', "entry 0: the label / category_id must be"),
+    ("a.json", '[{"image_id": 1, "bbox": [0, 0, 1, ' + "9" * 400 + ']}]', "entry 0: bbox height must be a number"),
+    ("a.json", '[{"image_id": 1, "bbox": [0, 0, 1, ' + "9" * 5000 + ']}]', "a.json: not readable JSON"),
+    ("a.json", "[" * 100000 + "]" * 100000, "a.json: JSON nested too deeply"),
+    ("a.jsonl", '{"image": "a.jpg", "box": [1, 2, 3, 4], "id": [1]}\n', "a.jsonl: line 1: id must be an integer or a name"),
+])
+def test_odd_values_are_clear_errors(tmp_path, name, content, fragment):
+    with pytest.raises(PromptFileError) as info:
+        read_prompt_file(write(tmp_path / name, content))
+    assert fragment in str(info.value), str(info.value)
+
+
+def test_odd_names_and_labels_are_kept_as_names(tmp_path):
+    """"--5" and "²" pass str.isdigit / lstrip("-") tests that int() then refuses: they are names."""
+    rows = read_prompt_file(write(tmp_path / "a.csv", "id,image,x0,y0,x1,y1,label\n--5,².png,1,2,3,4,--5\n²,b.png,1,2,3,4,²\n"
+                                                       "-7,c.png,1,2,3,4,-3\n"))
+    assert [(p.prompt_id, p.category_id, p.image) for p in rows] == [("--5", "--5", "²"), ("²", "²", "b"), (-7, -3, "c")]
+    detections = read_prompt_file(write(tmp_path / "d.json", [{"image_id": "²", "bbox": [1, 2, 3, 4], "category_id": "--5"}]))
+    assert (detections[0].image, detections[0].category_id) == ("²", "--5")
+    grouped, unmatched = group_by_image(rows + detections, ["²", "b", "0002"])
+    assert [p.prompt_id for p in grouped["²"]] == ["--5", 0] and unmatched == ["c"]
+    grouped, unmatched = group_by_image(read_prompt_file(write(tmp_path / "n.json", [{"image_id": 2, "bbox": [0, 0, 1, 1]}])),
+                                        ["²", "0002"])
+    assert len(grouped["0002"]) == 1 and grouped["²"] == [] and unmatched == []
+
+
+def test_valid_unicode_files_are_read(tmp_path):
+    """A JSON lines string may hold U+2028 (a line separator to str.splitlines, not to JSON lines);
+    editors may start a UTF-8 file with a byte order mark."""
+    line = json.dumps({"image": "a.jpg", "box": [1, 2, 3, 4], "label": "cat\u2028dog"}, ensure_ascii=False)
+    (prompt,) = read_prompt_file(write(tmp_path / "a.jsonl", line + "\r\n"))
+    assert prompt.category_id == "cat\u2028dog" and prompt.box == (1, 2, 3, 4)
+    (tmp_path / "b.jsonl").write_bytes(b"\xef\xbb\xbf" + line.encode())
+    assert read_prompt_file(tmp_path / "b.jsonl")[0].image == "a"
+    (tmp_path / "c.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([{"image_id": 3, "bbox": [0, 0, 1, 1]}]).encode())
+    assert read_prompt_file(tmp_path / "c.json")[0].image == "3"

@@ -2,12 +2,13 @@
 
 ``--out`` ending in .png/.bmp/.tif/.tiff: one image, the union of its masks in one file (and
 ``--overlay``). Any other ``--out`` is a folder: many images, one encoding each, the outputs of
-``--format`` (see :mod:`finesam.predict.batch`), resumable, split over ``torchrun`` processes.
+``--format`` (see :mod:`finesam.pipeline.folder`), resumable, split over ``torchrun`` processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..errors import InvalidInputError
 from ..loading import load
 from ..modeling.decoder_api import HQ_OUTPUTS
 from ..outputs import check_output_dir
-from ..predict.batch import (
+from ..pipeline.folder import (
     OUTPUT_FORMATS,
     BatchReport,
     BatchSettings,
@@ -32,8 +33,10 @@ from ..predict.batch import (
     ObjectPrompt,
     automatic_objects,
     check_image_prompts,
+    check_outputs_spare_inputs,
     check_resumable,
     collect_images,
+    output_key,
     parse_formats,
     predict_objects,
     run_batch,
@@ -73,21 +76,23 @@ class Prompts:
     labels: list[int] = field(default_factory=list)
 
 
+def object_prompts(prompts: Prompts) -> tuple[ObjectPrompt, ...]:
+    """One object per box (the clicks go with it: a single box only), or one object from the clicks."""
+    if len(prompts.boxes) > 1 and prompts.points:
+        raise InvalidInputError("points can be combined with a single box only")
+    return tuple(ObjectPrompt(box=tuple(box) if box is not None else None, points=tuple(map(tuple, prompts.points)),
+                              labels=tuple(prompts.labels), prompt_id=index)
+                 for index, box in enumerate(prompts.boxes or [None]))
+
+
 def segment(predictor: SamPredictor, prompts: Prompts, multimask: bool = False, hq_output: str | None = None) -> list[np.ndarray]:
-    """One (H, W) bool mask per object: per box (points apply to a single box), or one from the points.
+    """One (H, W) bool mask per object: per box (points apply to a single box), or one from the
+    points; the objects go through the folder pipeline's :func:`predict_objects`.
 
     With ``multimask`` the candidate with the best predicted score is kept.
     """
-    points = np.array(prompts.points, dtype=float) if prompts.points else None
-    labels = np.array(prompts.labels) if prompts.labels else None
-    if len(prompts.boxes) > 1:
-        if points is not None:
-            raise InvalidInputError("points can be combined with a single box only")
-        masks, scores, _ = predictor.predict_batch(boxes=np.array(prompts.boxes), multimask_output=multimask, hq_output=hq_output)
-        return [m[int(np.argmax(s))] for m, s in zip(masks, scores)]
-    box = np.array(prompts.boxes[0]) if prompts.boxes else None
-    masks, scores, _ = predictor.predict(points, labels, box, multimask_output=multimask, hq_output=hq_output)
-    return [masks[int(np.argmax(scores))]]
+    settings = BatchSettings(multimask=multimask, hq_output=hq_output)
+    return [obj.mask for obj in predict_objects(predictor, object_prompts(prompts), settings)]
 
 
 def write_outputs(
@@ -150,6 +155,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     seg.add_argument("--random-weights", action="store_true",
                      help="seeded random weights, as finesam.load(NAME, random_weights=True): checks the pipeline, masks are meaningless")
     return seg
+
+
+def same_file(first: str | Path, second: str | Path) -> bool:
+    """Whether two paths name one file: the same resolved path (symlinks, ``..``, other
+    spellings), or, when both exist, the same file (hard links)."""
+    first, second = Path(first), Path(second)
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return first.exists() and second.exists() and os.path.samefile(first, second)
+    except OSError:
+        return False
+
+
+def check_not_input(output: Path, flag: str, image: str) -> None:
+    """Refuse an output file that is the input image (writing it would replace the photograph)."""
+    if same_file(output, image):
+        raise InvalidInputError(f"{flag} {str(output)!r} is the input image {image!r}: writing it would replace the "
+                                "photograph; choose another output path (e.g. mask.png)")
 
 
 def _out_is_file(out: str) -> bool:
@@ -226,6 +250,11 @@ def _run_single(args: argparse.Namespace) -> int:
     prompts = _flag_prompts(args)
     if Path(args.inputs[0]).is_dir():
         raise InvalidInputError(f"{args.inputs[0]!r} is a folder: give a folder as --out to segment its images")
+    check_not_input(mask_path, "--out", args.inputs[0])
+    if overlay_path is not None:
+        check_not_input(overlay_path, "--overlay", args.inputs[0])
+        if same_file(overlay_path, mask_path):
+            raise InvalidInputError(f"--out and --overlay name the same file {args.out!r}: give two paths")
     image = read_image(args.inputs[0])
     for box in prompts.boxes or [None]:  # every prompt, before the model loads
         declared.check_prompts(image.shape[:2], np.array(prompts.points) if prompts.points else None,
@@ -235,16 +264,11 @@ def _run_single(args: argparse.Namespace) -> int:
     predictor = SamPredictor(load_model(args.model, args.checkpoint, args.random_weights, device,
                                         decoder_checkpoint=args.decoder_checkpoint))
     predictor.set_image(image)
-    if args.fix_point or args.fix_negative:
-        object_prompts = [ObjectPrompt(box=tuple(b) if b is not None else None, points=tuple(map(tuple, prompts.points)),
-                                       labels=tuple(prompts.labels)) for b in (prompts.boxes or [None])]
-        settings = BatchSettings(multimask=args.multimask, hq_output=args.hq_output,
-                                 fix_points=tuple(map(tuple, args.fix_point)), fix_negatives=tuple(map(tuple, args.fix_negative)))
-        masks = [obj.mask for obj in predict_objects(predictor, object_prompts, settings)]
-        prompts.points += args.fix_point + args.fix_negative
-        prompts.labels += [1] * len(args.fix_point) + [0] * len(args.fix_negative)
-    else:
-        masks = segment(predictor, prompts, args.multimask, args.hq_output)
+    settings = BatchSettings(multimask=args.multimask, hq_output=args.hq_output,
+                             fix_points=tuple(map(tuple, args.fix_point)), fix_negatives=tuple(map(tuple, args.fix_negative)))
+    masks = [obj.mask for obj in predict_objects(predictor, object_prompts(prompts), settings)]  # as in folder runs
+    prompts.points += args.fix_point + args.fix_negative  # drawn on the overlay
+    prompts.labels += [1] * len(args.fix_point) + [0] * len(args.fix_negative)
     banner = RANDOM_WEIGHTS_WARNING if args.random_weights else None
     write_outputs(image, masks, prompts, mask_path, overlay_path, banner)
     print(f"wrote {args.out}" + (f" and {args.overlay}" if args.overlay else "") + f" ({int(np.logical_or.reduce(masks).sum())} mask pixels)")
@@ -256,18 +280,15 @@ def _run_single(args: argparse.Namespace) -> int:
 def _jobs(args: argparse.Namespace, images: list[Path]) -> list[ImageJob]:
     """One job per image with its prompts: the flag prompts for every image, or the file's boxes."""
     if args.auto:
-        return [ImageJob(path.stem, path, path.name, ()) for path in images]
+        return [ImageJob(output_key(path), path, path.name, ()) for path in images]
     if not args.prompts:
-        flags = _flag_prompts(args)
-        boxes = flags.boxes or [None]
-        prompts = tuple(ObjectPrompt(box=tuple(box) if box is not None else None, points=tuple(map(tuple, flags.points)),
-                                     labels=tuple(flags.labels), prompt_id=index) for index, box in enumerate(boxes))
-        return [ImageJob(path.stem, path, path.name, prompts) for path in images]
+        prompts = object_prompts(_flag_prompts(args))
+        return [ImageJob(output_key(path), path, path.name, prompts) for path in images]
     file_prompts = read_prompt_file(args.prompts)
     if args.min_detector_score is not None:
         file_prompts = [p for p in file_prompts if p.detector_score is None or p.detector_score >= args.min_detector_score]
     grouped, unmatched = group_by_image(file_prompts, [path.stem for path in images])
-    jobs = [ImageJob(path.stem, path, grouped[path.stem][0].image_id,
+    jobs = [ImageJob(output_key(path), path, grouped[path.stem][0].image_id,
                      tuple(ObjectPrompt(box=p.box, prompt_id=p.prompt_id, category_id=p.category_id,
                                         detector_score=p.detector_score) for p in grouped[path.stem]))
             for path in images if grouped[path.stem]]
@@ -285,7 +306,7 @@ def _jobs(args: argparse.Namespace, images: list[Path]) -> list[ImageJob]:
 
 
 def _run_folder(args: argparse.Namespace) -> int:
-    """Many images into a folder: see :mod:`finesam.predict.batch`."""
+    """Many images into a folder: see :mod:`finesam.pipeline.folder`."""
     out = check_output_dir(args.out)
     if args.overlay:
         raise InvalidInputError("--overlay FILE goes with a mask file --out; with --out DIR add 'overlay' to --format")
@@ -309,7 +330,8 @@ def _run_folder(args: argparse.Namespace) -> int:
                   "random_weights": args.random_weights, "prompts": args.prompts,
                   "min_detector_score": args.min_detector_score},
     )
-    check_resumable(out, settings, args.overwrite)
+    check_outputs_spare_inputs(out, jobs, [Path(args.prompts)] if args.prompts else [])
+    check_resumable(out, settings, args.overwrite, jobs)
     context = init_distributed(device)
     try:
         model = load_model(args.model, args.checkpoint, args.random_weights, process_device(device, context),

@@ -23,11 +23,12 @@ import csv
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, one_line
 
 #: ``category_id`` of prompts that carry no category (class-agnostic boxes).
 DEFAULT_CATEGORY = 1
@@ -66,13 +67,28 @@ class PromptFileError(InvalidInputError):
     """A prompt file that cannot be read (format, missing field, bad box), naming file and line."""
 
 
+#: An integer written in ASCII digits ("²" and "--5" are names: str.isdigit accepts the first,
+#: ``lstrip("-")`` the second, and ``int`` refuses both).
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _as_integer(text: str) -> int | None:
+    """``text`` as an int when it is one (at most 4000 digits, within Python's conversion limit)."""
+    return int(text) if len(text) <= 4000 and _INTEGER.fullmatch(text) else None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _number(value: Any, what: str, where: str) -> float:
     if isinstance(value, bool) or value is None:
-        raise PromptFileError(f"{where}: {what} must be a number, got {value!r}")
+        raise PromptFileError(f"{where}: {what} must be a number, got {_short(value)}")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise PromptFileError(f"{where}: {what} must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float range
+        raise PromptFileError(f"{where}: {what} must be a number, got {_short(value)}") from None
     if not math.isfinite(number):
         raise PromptFileError(f"{where}: {what} is {value!r}; boxes need finite pixel coordinates")
     return number
@@ -88,24 +104,37 @@ def _corners(values: Sequence[Any], where: str) -> tuple[float, float, float, fl
 
 def _xywh(bbox: Any, where: str) -> tuple[float, float, float, float]:
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        raise PromptFileError(f"{where}: bbox must be [x, y, width, height] (COCO XYWH), got {bbox!r}")
+        raise PromptFileError(f"{where}: bbox must be [x, y, width, height] (COCO XYWH), got {_short(bbox)}")
     x, y, w, h = (_number(v, name, where) for v, name in zip(bbox, ("bbox x", "bbox y", "bbox width", "bbox height")))
     if w < 0 or h < 0:
-        raise PromptFileError(f"{where}: bbox {bbox!r} has a negative width or height; COCO boxes are [x, y, width, height]")
+        raise PromptFileError(f"{where}: bbox {_short(bbox)} has a negative width or height; COCO boxes are [x, y, width, height]")
     return x, y, x + w, y + h
 
 
-def _label(value: Any) -> int | str:
+def _label(value: Any, where: str) -> int | str:
+    """A category: an integer (also written as text, "-5") or a name; no category -> the default."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return DEFAULT_CATEGORY
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, int):
         return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else str(value)
+    if not isinstance(value, str):
+        raise PromptFileError(f"{where}: the label / category_id must be an integer or a name, got {_short(value)}")
+    text = value.strip()
+    number = _as_integer(text)
+    return text if number is None else number
+
+
+def _identifier(value: Any, what: str, where: str) -> int | str:
+    """An ``id`` / ``image_id`` as written: an integer or a non-empty name (integral floats -> int)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    text = str(value).strip()
-    return int(text) if text.lstrip("-").isdigit() else text
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and not value.strip()):
+        raise PromptFileError(f"{where}: {what} must be an integer or a name, got {_short(value)}")
+    return value
 
 
 def _optional_score(value: Any, where: str) -> float | None:
@@ -114,23 +143,38 @@ def _optional_score(value: Any, where: str) -> float | None:
 
 def _stem_of(name: Any, where: str) -> str:
     if not isinstance(name, (str, int)) or isinstance(name, bool) or str(name).strip() == "":
-        raise PromptFileError(f"{where}: the image must be named (a file name), got {name!r}")
+        raise PromptFileError(f"{where}: the image must be named (a file name), got {_short(name)}")
     return Path(str(name).strip().replace("\\", "/")).stem
 
 
 def _id_stem(image_id: Any, where: str) -> str:
-    if isinstance(image_id, bool) or not isinstance(image_id, (int, str)) or str(image_id).strip() == "":
-        raise PromptFileError(f"{where}: image_id must be an integer or a name, got {image_id!r}")
-    return str(image_id).strip()
+    return str(_identifier(image_id, "image_id", where)).strip()
+
+
+def _parse_json(text: str, where: str, name_line: bool = True) -> Any:
+    """``json.loads`` with its every refusal as a :class:`PromptFileError` (``where``: the file, or
+    the file and line with ``name_line=False``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        at = f": line {error.lineno}" if name_line else ""
+        raise PromptFileError(f"{where}{at}: not valid JSON ({error.msg})") from None
+    except ValueError as error:  # an integer of more than 4300 digits
+        raise PromptFileError(f"{where}: not readable JSON ({one_line(error)})") from None
+    except RecursionError:
+        raise PromptFileError(f"{where}: JSON nested too deeply to read") from None
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The file's text (UTF-8; a byte order mark, as some editors write, is dropped)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise PromptFileError(f"{path}: not a UTF-8 text file; {what}") from None
 
 
 def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise PromptFileError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from None
-    except UnicodeDecodeError:
-        raise PromptFileError(f"{path}: not a UTF-8 text file; prompt files are JSON, CSV or JSON lines") from None
+    return _parse_json(_read_text(path, "prompt files are JSON, CSV or JSON lines"), str(path))
 
 
 def _from_coco(path: Path, data: dict) -> list[BoxPrompt]:
@@ -143,17 +187,19 @@ def _from_coco(path: Path, data: dict) -> list[BoxPrompt]:
         where = f"{path}: images[{index}]"
         if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
             raise PromptFileError(f"{where}: each image needs 'id' and 'file_name'")
-        names[image["id"]] = _stem_of(image["file_name"], where)
+        names[_identifier(image["id"], "id", where)] = _stem_of(image["file_name"], where)
     prompts = []
     for index, annotation in enumerate(data["annotations"]):
         where = f"{path}: annotations[{index}]"
         if not isinstance(annotation, dict) or "bbox" not in annotation or "image_id" not in annotation:
             raise PromptFileError(f"{where}: each annotation needs 'image_id' and 'bbox' [x, y, width, height]")
-        if annotation["image_id"] not in names:
-            raise PromptFileError(f"{where}: image_id {annotation['image_id']!r} is not in the file's 'images' list")
+        image_id = _identifier(annotation["image_id"], "image_id", where)
+        if image_id not in names:
+            raise PromptFileError(f"{where}: image_id {_short(image_id)} is not in the file's 'images' list")
         prompts.append(BoxPrompt(
-            image=names[annotation["image_id"]], image_id=annotation["image_id"], box=_xywh(annotation["bbox"], where),
-            prompt_id=annotation.get("id", index), category_id=_label(annotation.get("category_id")),
+            image=names[image_id], image_id=image_id, box=_xywh(annotation["bbox"], where),
+            prompt_id=_identifier(annotation.get("id", index), "id", where),
+            category_id=_label(annotation.get("category_id"), where),
             detector_score=_optional_score(annotation.get("score"), where), where=where,
         ))
     return prompts
@@ -167,9 +213,9 @@ def _from_detections(path: Path, data: list) -> list[BoxPrompt]:
             raise PromptFileError(f"{where}: a detector results list holds objects with 'image_id' and "
                                   "'bbox' [x, y, width, height] (and 'score', 'category_id')")
         prompts.append(BoxPrompt(
-            image=_id_stem(detection["image_id"], where), image_id=detection["image_id"],
-            box=_xywh(detection["bbox"], where), prompt_id=detection.get("id", index),
-            category_id=_label(detection.get("category_id")),
+            image=_id_stem(detection["image_id"], where), image_id=_identifier(detection["image_id"], "image_id", where),
+            box=_xywh(detection["bbox"], where), prompt_id=_identifier(detection.get("id", index), "id", where),
+            category_id=_label(detection.get("category_id"), where),
             detector_score=_optional_score(detection.get("score"), where), where=where,
         ))
     return prompts
@@ -180,7 +226,7 @@ def _row_prompt(path: Path, line: int, index: int, fields: dict[str, Any]) -> Bo
     if "box" in fields and not all(k in fields for k in ("x0", "y0", "x1", "y1")):
         box = fields["box"]
         if not isinstance(box, (list, tuple)) or len(box) != 4:
-            raise PromptFileError(f"{where}: 'box' must be [x0, y0, x1, y1], got {box!r}")
+            raise PromptFileError(f"{where}: 'box' must be [x0, y0, x1, y1], got {_short(box)}")
         corners = _corners(box, where)
     else:
         missing = [k for k in ("image", "x0", "y0", "x1", "y1") if k not in fields]
@@ -194,10 +240,12 @@ def _row_prompt(path: Path, line: int, index: int, fields: dict[str, Any]) -> Bo
     prompt_id = fields.get("id")
     if prompt_id is None or prompt_id == "":
         prompt_id = index
-    elif isinstance(prompt_id, str) and prompt_id.strip().lstrip("-").isdigit():
-        prompt_id = int(prompt_id)
+    else:
+        prompt_id = _identifier(prompt_id, "id", where)
+        if isinstance(prompt_id, str) and _as_integer(prompt_id.strip()) is not None:
+            prompt_id = _as_integer(prompt_id.strip())
     return BoxPrompt(image=stem, image_id=str(image).strip(), box=corners, prompt_id=prompt_id,
-                     category_id=_label(fields.get("label", fields.get("category_id"))),
+                     category_id=_label(fields.get("label", fields.get("category_id")), where),
                      detector_score=_optional_score(fields.get("score"), where), where=where)
 
 
@@ -230,18 +278,14 @@ def _from_csv(path: Path) -> list[BoxPrompt]:
 
 
 def _from_json_lines(path: Path) -> list[BoxPrompt]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise PromptFileError(f"{path}: not a UTF-8 text file; JSON lines hold one JSON object per line") from None
+    # Lines end at "\n" only: str.splitlines would also split at U+2028 and other characters
+    # that JSON strings may hold as they are.
+    lines = _read_text(path, "JSON lines hold one JSON object per line").split("\n")
     prompts = []
     for line, text in enumerate(lines, start=1):
         if not text.strip():
             continue
-        try:
-            fields = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise PromptFileError(f"{path}: line {line}: not valid JSON ({error.msg})") from None
+        fields = _parse_json(text, f"{path}: line {line}", name_line=False)
         if not isinstance(fields, dict):
             raise PromptFileError(f"{path}: line {line}: expected an object like "
                                   '{"image": "cat.jpg", "x0": 10, "y0": 20, "x1": 200, "y1": 180}')
@@ -283,14 +327,24 @@ def group_by_image(prompts: Iterable[BoxPrompt], image_stems: Iterable[str]) -> 
     mentions that are not among ``image_stems``. A numeric name also matches a zero-padded stem
     (``397133`` matches ``000000397133``)."""
     stems = list(image_stems)
-    by_number = {int(stem): stem for stem in stems if stem.isdigit()}
+    by_number = {_unpadded(stem): stem for stem in stems if _is_number(stem)}
     known = set(stems)
     grouped: dict[str, list[BoxPrompt]] = {stem: [] for stem in stems}
     unmatched: dict[str, None] = {}
     for prompt in prompts:
-        stem = prompt.image if prompt.image in known else by_number.get(int(prompt.image)) if prompt.image.isdigit() else None
+        stem = prompt.image if prompt.image in known else by_number.get(_unpadded(prompt.image)) if _is_number(prompt.image) else None
         if stem is None:
             unmatched[prompt.image] = None
         else:
             grouped[stem].append(prompt)
     return grouped, list(unmatched)
+
+
+def _is_number(name: str) -> bool:
+    """ASCII digits only (``"²".isdigit()`` is true, yet it is no number to match)."""
+    return bool(re.fullmatch(r"[0-9]+", name))
+
+
+def _unpadded(digits: str) -> str:
+    """``"000000397133"`` -> ``"397133"``: numbers compared as text (no int conversion limit)."""
+    return digits.lstrip("0") or "0"

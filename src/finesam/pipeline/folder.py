@@ -15,6 +15,11 @@ Output folder::
     DIR/overlays/<stem>.png      the image with the masks and prompts drawn (format "overlay")
     DIR/coco_results.json        every object as a COCO results entry (format "coco")
     DIR/records/<stem>.json      per-image record (done marker); DIR/run.json, DIR/summary.json
+
+An image's outputs are replaced as a whole: after its new files and its record are written, the
+files of earlier runs that this run did not write (masks of objects it no longer has, formats it
+no longer writes) are removed. No output lands on an input (:func:`check_outputs_spare_inputs`),
+and damaged ``run.json`` or records are refused (:func:`check_resumable`), both before any work.
 """
 
 from __future__ import annotations
@@ -22,7 +27,12 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
+import os
+import re
 import sys
+from collections import defaultdict
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -37,9 +47,9 @@ from ..data.images import overlay, read_image, save_mask, save_overlay
 from ..data.prompt_files import DEFAULT_CATEGORY
 from ..distributed import SINGLE_PROCESS, DistributedContext, barrier, broadcast_from_main, gather_to_main, shard
 from ..errors import FinesamError, InvalidInputError, one_line
-from ..formats.coco import results_entry, write_coco_results
+from ..formats.coco import RESULT_FIELDS, results_entry, write_coco_results
 from ..formats.polygons import mask_to_geojson, mask_to_polygons
-from .predictor import SamPredictor
+from ..predict.predictor import SamPredictor
 
 OUTPUT_FORMATS = ("png", "instances", "coco", "polygons", "overlay")
 EXIT_OK = 0
@@ -47,6 +57,9 @@ EXIT_SOME_FAILED = 1
 #: Prompts decoded in one pass (bounds the memory of full-resolution masks).
 PROMPTS_PER_PASS = 16
 _GLOB_CHARACTERS = set("*?[")
+_MASK_NAME = re.compile(r"[0-9]+\.png")
+#: Files of the whole run in the output folder.
+RUN_FILES = ("run.json", "summary.json", "coco_results.json")
 
 
 @dataclass(frozen=True)
@@ -124,11 +137,19 @@ def _image_files(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def output_key(path: Path) -> str:
+    """The name of an image's outputs (``masks/<key>/``, ``instances/<key>.png``, ...): its file
+    stem, except that a stem of dots only (``..png`` -> ``.``) is percent-encoded (``%2E``), as
+    ``.`` and ``..`` are no folder names of their own."""
+    stem = path.stem
+    return "%2E" * len(stem) if stem and set(stem) == {"."} else stem
+
+
 def collect_images(inputs: Sequence[str]) -> list[Path]:
     """Image files from files, folders (their images, not recursive) and glob patterns (``**``
     recursive), in order, without duplicates. A path that does not exist, a folder without images
-    or a pattern that matches none is refused; two images of the same file stem too (outputs are
-    named after it)."""
+    or a pattern that matches none is refused; two images of the same output name
+    (:func:`output_key`, the file stem) too."""
     found: list[Path] = []
     for text in inputs:
         path = Path(text)
@@ -147,12 +168,13 @@ def collect_images(inputs: Sequence[str]) -> list[Path]:
             raise InvalidInputError(f"cannot read image {text!r}: no such file or folder")
         found += files
     unique = list(dict.fromkeys(p.resolve() for p in found))
-    by_stem: dict[str, Path] = {}
+    by_key: dict[str, Path] = {}
     for path in unique:
-        if path.stem in by_stem:
-            raise InvalidInputError(f"two input images share the name {path.stem!r} ({by_stem[path.stem]} and {path}); "
+        key = output_key(path)
+        if key in by_key:
+            raise InvalidInputError(f"two input images share the name {key!r} ({by_key[key]} and {path}); "
                                     "outputs are named after the file stem: rename one or run them separately")
-        by_stem[path.stem] = path
+        by_key[key] = path
     return unique
 
 
@@ -269,6 +291,83 @@ def write_image_outputs(out: Path, job: ImageJob, image: np.ndarray, objects: Se
     return entries
 
 
+def image_output_files(out: Path, key: str, formats: Sequence[str], count: int) -> list[Path]:
+    """The files :func:`write_image_outputs` writes for an image of ``count`` objects."""
+    files = [out / "masks" / key / f"{index}.png" for index in range(count)] if "png" in formats else []
+    if "instances" in formats:
+        files.append(out / "instances" / f"{key}.png")
+    if "polygons" in formats:
+        files += [out / "polygons" / f"{key}.json", out / "polygons" / f"{key}.geojson"]
+    if "overlay" in formats:
+        files.append(out / "overlays" / f"{key}.png")
+    return files
+
+
+def _single_outputs(out: Path, key: str) -> list[Path]:
+    """Where an image's outputs of every format go, but its numbered masks."""
+    return [out / "instances" / f"{key}.png", out / "polygons" / f"{key}.json", out / "polygons" / f"{key}.geojson",
+            out / "overlays" / f"{key}.png", out / "records" / f"{key}.json"]
+
+
+def remove_stale_outputs(out: Path, key: str, keep: Iterable[Path]) -> None:
+    """Remove the image's output files that are not in ``keep`` (left by an earlier run with more
+    objects or other formats), so that its outputs are those of one run. Run after the new files
+    and the record are written, and again whenever a rerun finds the image done, so a crash in
+    between leaves nothing stale for good."""
+    keep = set(keep)
+    masks = out / "masks" / key
+    found = [p for p in masks.iterdir() if _MASK_NAME.fullmatch(p.name)] if masks.is_dir() else []
+    found += [p for p in _single_outputs(out, key)[:-1] if p.is_file() or p.is_symlink()]
+    for path in found:
+        if path not in keep:
+            path.unlink(missing_ok=True)
+    if masks.is_dir() and not any(masks.iterdir()):
+        with suppress(OSError):
+            masks.rmdir()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def check_outputs_spare_inputs(out: Path, jobs: Sequence[ImageJob], other_inputs: Sequence[Path] = ()) -> None:
+    """Refuse a run whose outputs (written or removed as stale) would land on one of its input
+    images or ``other_inputs`` (a prompt file): paths compared resolved (symlinks, ``..``, other
+    spellings) and, for files that exist, by identity (hard links)."""
+    inputs = [job.path for job in jobs] + [Path(p) for p in other_inputs]
+    resolved = {path.resolve(): path for path in inputs}
+    identities = {identity: path for path in inputs if (identity := _identity(path)) is not None}
+    by_folder: dict[Path, list[Path]] = defaultdict(list)
+    for path in resolved:
+        if _MASK_NAME.fullmatch(path.name):
+            by_folder[path.parent].append(path)
+
+    def refuse_if_input(target: Path) -> None:
+        hit = resolved.get(target.resolve())
+        if hit is None and (target.exists() or target.is_symlink()):
+            hit = identities.get(_identity(target))
+        if hit is not None:
+            raise InvalidInputError(f"the output {str(target)!r} is the input {str(hit)!r}: writing the results "
+                                    "into the output folder would replace it; choose another output folder")
+
+    for name in RUN_FILES:
+        refuse_if_input(out / name)
+    for job in jobs:
+        for target in _single_outputs(out, job.key):
+            refuse_if_input(target)
+        masks = out / "masks" / job.key
+        for path in by_folder.get(masks.resolve(), []):
+            refuse_if_input(masks / path.name)
+        if masks.is_dir():
+            for existing in masks.iterdir():
+                if _MASK_NAME.fullmatch(existing.name):
+                    refuse_if_input(existing)
+
+
 # --- the run --------------------------------------------------------------------------------------
 @dataclass
 class BatchReport:
@@ -296,17 +395,108 @@ def record_path(out: Path, job: ImageJob) -> Path:
     return out / "records" / f"{job.key}.json"
 
 
-def _read_record(path: Path) -> dict | None:
+def _state_error(path: Path, problem: str) -> InvalidInputError:
+    return InvalidInputError(f"cannot resume from {str(path)!r}: {problem}; move it away, or pass --overwrite "
+                             "to redo every image")
+
+
+_MISSING = object()
+
+
+def _read_state(path: Path) -> Any:
+    """The JSON of a run state file (``run.json``, a record); ``_MISSING`` when there is none."""
+    if not path.exists() and not path.is_symlink():
+        return _MISSING
+    if not path.is_file():
+        raise _state_error(path, "it is not a file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # none, or unreadable: the image is done again
+    except UnicodeDecodeError:
+        raise _state_error(path, "not a UTF-8 text file") from None
+    except OSError as error:
+        raise _state_error(path, f"it cannot be read ({error.strerror or error})") from None
+    except (ValueError, RecursionError):
+        raise _state_error(path, "not valid JSON (a file finesam writes is never half written: edited by hand?)") from None
 
 
-def check_resumable(out: Path, settings: BatchSettings, overwrite: bool) -> None:
-    """Refuse to add to a folder that holds a run with other settings (unless ``overwrite``)."""
-    previous = _read_record(out / "run.json")
-    if previous is None or overwrite:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """What is wrong with a COCO results entry of a record, or None."""
+    if not isinstance(entry, dict):
+        return f"an object is {type(entry).__name__}, not a COCO results entry"
+    missing = [name for name in RESULT_FIELDS if name not in entry]
+    if missing:
+        return f"an object lacks {', '.join(missing)}"
+    segmentation = entry["segmentation"]
+    size = segmentation.get("size") if isinstance(segmentation, dict) else None
+    checks = {
+        "image_id": _is_name(entry["image_id"]), "category_id": _is_name(entry["category_id"]),
+        "prompt_id": _is_name(entry.get("prompt_id", 0)), "score": _is_number(entry["score"]),
+        "detector_score": _is_number(entry.get("detector_score", 0)),
+        "area": isinstance(entry["area"], int) and not isinstance(entry["area"], bool) and entry["area"] >= 0,
+        "bbox": isinstance(entry["bbox"], list) and len(entry["bbox"]) == 4 and all(map(_is_number, entry["bbox"])),
+        "segmentation": isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v >= 0 for v in size)
+                        and isinstance(segmentation.get("counts"), str),
+    }
+    wrong = [name for name, right in checks.items() if not right]
+    return f"an object's {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not of the COCO results form" if wrong else None
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with a record (``records/<key>.json``), or None."""
+    if not isinstance(record, dict):
+        return f"a record is a JSON object, not {'null' if record is None else type(record).__name__}"
+    if not isinstance(record.get("fingerprint"), str):
+        return "its 'fingerprint' is missing or not a text"
+    if not isinstance(record.get("objects"), list):
+        return "its 'objects' list is missing or not a list"
+    bad_prompts = record.get("bad_prompts", [])
+    if not isinstance(bad_prompts, list) or not all(isinstance(line, str) for line in bad_prompts):
+        return "its 'bad_prompts' is not a list of texts"
+    for entry in record["objects"]:
+        problem = _entry_problem(entry)
+        if problem:
+            return problem
+    return None
+
+
+def read_record(out: Path, job: ImageJob) -> dict | None:
+    """The record of ``job``'s image (None when there is none); a damaged one, or one whose
+    objects are of another image, is refused, naming the file."""
+    path = record_path(out, job)
+    record = _read_state(path)
+    if record is _MISSING:
+        return None
+    problem = _record_problem(record)
+    if problem is None and any(entry["image_id"] != job.image_id for entry in record["objects"]):
+        problem = f"its objects are not of image_id {job.image_id!r}"
+    if problem:
+        raise _state_error(path, problem)
+    return record
+
+
+def check_resumable(out: Path, settings: BatchSettings, overwrite: bool, jobs: Sequence[ImageJob] = ()) -> None:
+    """Refuse to add to a folder that holds a run with other settings, or whose ``run.json`` or
+    records of ``jobs`` are damaged (unless ``overwrite``: then every image is redone)."""
+    records = out / "records"
+    if (records.exists() or records.is_symlink()) and not records.is_dir():
+        raise InvalidInputError(f"cannot write records into {str(records)!r}: it is a file, not a folder; move it away")
+    if overwrite:
+        return
+    previous = _read_state(out / "run.json")
+    if previous is not _MISSING and not isinstance(previous, dict):
+        kind = "null" if previous is None else f"a {type(previous).__name__}"
+        raise _state_error(out / "run.json", f"it holds {kind}, not the settings of a run")
+    for job in jobs:
+        read_record(out, job)
+    if previous is _MISSING:
         return
     current = json.loads(json.dumps(settings.describe(), default=str))
     changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
@@ -345,8 +535,9 @@ def run_batch(
         fingerprint = job.fingerprint(describe)
         record_file = record_path(out, job)
         if not overwrite:
-            record = _read_record(record_file)
-            if record is not None and record.get("fingerprint") == fingerprint:
+            record = read_record(out, job)
+            if record is not None and record["fingerprint"] == fingerprint:
+                remove_stale_outputs(out, job.key, image_output_files(out, job.key, settings.formats, len(record["objects"])))
                 skipped += 1
                 continue
         try:
@@ -357,11 +548,14 @@ def run_batch(
             failed.append(f"{job.key}: {one_line(error)}")
             failed_keys.append(job.key)
             tqdm.write(f"finesam segment: skipped {job.path}: {one_line(error)}", file=sys.stderr)
+            record_file.unlink(missing_ok=True)  # not done: its earlier outputs are of other settings or prompts
+            remove_stale_outputs(out, job.key, ())
             continue
         for problem in prompt_problems:
             tqdm.write(f"finesam segment: {job.path}: skipped {problem}", file=sys.stderr)
         _write_json({"image": str(job.path), "key": job.key, "image_id": job.image_id, "size": list(image.shape[:2]),
                      "fingerprint": fingerprint, "objects": entries, "bad_prompts": prompt_problems}, record_file)
+        remove_stale_outputs(out, job.key, image_output_files(out, job.key, settings.formats, len(objects)))
         done += 1
     bar.close()
     barrier(context)
@@ -385,7 +579,7 @@ def merge_records(out: Path, jobs: Sequence[ImageJob], settings: BatchSettings, 
     for job in jobs:
         if job.key in failed_keys:
             continue
-        record = _read_record(record_path(out, job))
+        record = read_record(out, job)
         if record is None:
             report.failed.append(f"{job.key}: no record written (a rank stopped early?)")
             continue
