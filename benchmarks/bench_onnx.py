@@ -29,8 +29,7 @@ import torch
 import finesam
 from finesam.data.images import read_image
 from bench_predictor import interleaved  # benchmarks/ is on sys.path when run as a script
-from finesam.export import export_onnx
-from finesam.onnx import OnnxPredictor
+from finesam.onnx import OnnxPredictor, export_onnx
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ecssd" / "im" / "0001.jpg"
 

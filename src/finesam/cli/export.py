@@ -48,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import check_opset, export_mode, export_onnx
+    from ..onnx import check_opset, export_mode, export_onnx
 
     # Refuse bad options before loading weights: the output folder, the extra, the modes on a weightless build.
     out = check_output_dir(args.out, "ONNX output folder")

@@ -16,7 +16,7 @@ from finesam.predict.transforms import preprocess_shape
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from finesam.export import export_onnx, read_metadata  # noqa: E402
+from finesam.onnx import export_onnx, read_metadata  # noqa: E402
 from finesam.onnx import OnnxPredictor  # noqa: E402
 
 from conftest import randomize_  # noqa: E402
@@ -99,7 +99,7 @@ def test_hq_matches_torch_with_external_data(tmp_path, real_image, monkeypatch):
     modes = [module.training for module in model.modules()]
     weights = {key: value.clone() for key, value in model.state_dict().items()}
     # Weights over the limit go to one external file (ViT-H's path; the limit lowered for a small model).
-    monkeypatch.setattr("finesam.export.onnx_export.EXTERNAL_DATA_BYTES", 100_000)
+    monkeypatch.setattr("finesam.onnx.export.EXTERNAL_DATA_BYTES", 100_000)
     files = export_onnx(model, tmp_path, model_name="hq_small", multimask=False, hq_token_only=True)
     # The model comes back as it was: same weights, same train/eval modes.
     assert [module.training for module in model.modules()] == modes

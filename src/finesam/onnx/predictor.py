@@ -1,5 +1,5 @@
 """``OnnxPredictor``: :class:`finesam.SamPredictor`'s surface on graphs written by
-``finesam export onnx`` (:func:`finesam.export.export_onnx`), run with onnxruntime.
+``finesam export onnx`` (:func:`finesam.onnx.export_onnx`), run with onnxruntime.
 
 Prompts, images and clicks are validated and resized by :class:`SamPredictor`'s own code;
 only the encoder, the decoder and the click interactor run in onnxruntime, and the masks come
@@ -19,14 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InvalidInputError
-from .export import graphs
-from .export.onnx_export import DECODER_FILE, ENCODER_FILE, FORMAT_VERSION, INTERACTOR_FILE, METADATA_KEY
-from .modeling.decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
-from .modeling.features import ImageFeatures
-from .modeling.prompt_checks import check_click_points, check_model_prompts
-from .optional import require
-from .predict.predictor import SamPredictor
+from ..errors import InvalidInputError
+from ..modeling.decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
+from ..modeling.features import ImageFeatures
+from ..modeling.prompt_checks import check_click_points, check_model_prompts
+from ..optional import require
+from ..predict.predictor import SamPredictor
+from . import graphs
+from .export import DECODER_FILE, ENCODER_FILE, FORMAT_VERSION, INTERACTOR_FILE, METADATA_KEY
 
 __all__ = ["OnnxPredictor", "ExportedModel"]
 
