@@ -9,7 +9,12 @@ RUNTIME_PY := $(RUNTIME_VENV)/bin/python
 RUNTIME_STAMP := $(RUNTIME_VENV)/.torch-installed
 RUNTIME_SRC := $(RUNTIME_VENV)/source
 
-.PHONY: test demo venv bench clean check-runtime chromium
+ANYLABELING_VENV := .venv-anylabeling
+ANYLABELING_STAMP := $(ANYLABELING_VENV)/.installed
+X_ANYLABELING_VENV := .venv-xanylabeling
+X_ANYLABELING_STAMP := $(X_ANYLABELING_VENV)/.installed
+
+.PHONY: test demo venv bench clean check-runtime chromium anylabeling-venvs
 
 venv: $(STAMP)
 
@@ -28,8 +33,27 @@ chromium:
 	  $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	} || echo "WARNING: could not install Debian's chromium: the browser test will skip"
 
+# AnyLabeling 0.4.43 and X-AnyLabeling 4.2.1 (both install a package named anylabeling; PyQt6, opencv,
+# onnxruntime) in venvs of their own: tests/onnx/test_anylabeling.py runs their own SegmentAnythingONNX
+# classes there through a subprocess (headless). Without them the AnyLabeling test skips, saying why,
+# and the X-AnyLabeling one replays that class's pre- and post-processing.
+anylabeling-venvs: $(ANYLABELING_STAMP) $(X_ANYLABELING_STAMP)
+
+$(ANYLABELING_STAMP): Makefile
+	rm -rf $(ANYLABELING_VENV)
+	$(PYTHON) -m venv $(ANYLABELING_VENV) && $(ANYLABELING_VENV)/bin/python -m pip install -q anylabeling==0.4.43 \
+	  && touch $(ANYLABELING_STAMP) \
+	  || { rm -rf $(ANYLABELING_VENV); echo "WARNING: could not install anylabeling==0.4.43: its test will skip"; }
+
+$(X_ANYLABELING_STAMP): Makefile
+	rm -rf $(X_ANYLABELING_VENV)
+	$(PYTHON) -m venv $(X_ANYLABELING_VENV) \
+	  && $(X_ANYLABELING_VENV)/bin/python -m pip install -q 'x-anylabeling-cvhub[cpu]==4.2.1' \
+	  && touch $(X_ANYLABELING_STAMP) \
+	  || { rm -rf $(X_ANYLABELING_VENV); echo "WARNING: could not install x-anylabeling-cvhub: its test replays its code"; }
+
 # The runtime-only install check, then pytest (whose summary closes the output); fails if either fails.
-test: $(STAMP) chromium
+test: $(STAMP) chromium $(ANYLABELING_STAMP) $(X_ANYLABELING_STAMP)
 	@status=0; $(MAKE) --no-print-directory check-runtime || status=$$?; \
 	$(PY) -m pytest -q tests || status=$$?; \
 	exit $$status
@@ -57,4 +81,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_predictor.py
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) demo-output .pytest_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(ANYLABELING_VENV) $(X_ANYLABELING_VENV) demo-output .pytest_cache
