@@ -97,6 +97,7 @@ def export_official_decoder(official, path: Path, hq: bool) -> None:
 
 def official_features(official, canvas: np.ndarray, hq: bool) -> dict[str, np.ndarray]:
     """The official encoder on the canvas the tool fed ours (its own preprocess: normalise, pad)."""
+    official.eval()  # torch.onnx.export of the official wrapper left it in train mode (TinyViT's batch norms)
     with torch.no_grad():
         image = official.preprocess(torch.from_numpy(np.ascontiguousarray(canvas)).float().permute(2, 0, 1)[None])
         if hq:

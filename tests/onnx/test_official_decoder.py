@@ -74,6 +74,7 @@ def setup(tmp_path_factory, real_image):
         ("ours", False): onnxruntime.InferenceSession(str(folder / "all" / "decoder.onnx"), providers=["CPUExecutionProvider"]),
         ("ours", True): onnxruntime.InferenceSession(str(folder / "single" / "decoder.onnx"), providers=["CPUExecutionProvider"]),
     }
+    official.eval()  # torch.onnx.export of the official wrapper restores its train mode on the model
     predictor = segment_anything.SamPredictor(official)
     predictor.set_image(real_image)
     return dict(folder=folder, model=model, sessions=sessions, predictor=predictor, image=real_image)
