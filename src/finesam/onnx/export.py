@@ -9,9 +9,11 @@ so an interrupted export never leaves a half-written graph. Graphs whose weights
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
+import logging
 import os
 import re
 import tempfile
@@ -179,17 +181,41 @@ def check_quantize(quantize: str | None) -> None:
         raise InvalidInputError(f"quantize must be one of {[value for value in QUANTIZE if value]} or None, got {quantize!r}")
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime's quantizer logs its advice on the root logger: silence it for the call."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _activation_products(traced: Path) -> list[str]:
+    """Names of the MatMul nodes whose inputs are both activations (attention scores and
+    values, the decoder's hypernetwork product): quantizing softmax weights or mask features
+    per tensor at run time costs far more accuracy than their little arithmetic saves."""
+    onnx = require("onnx", "--quantize int8", "onnx")
+    graph = onnx.load(str(traced), load_external_data=False).graph
+    constants = {tensor.name for tensor in graph.initializer}
+    constants |= {output for node in graph.node if node.op_type == "Constant" for output in node.output}
+    return [node.name for node in graph.node
+            if node.op_type == "MatMul" and not any(name in constants for name in node.input)]
+
+
 def _quantize(traced: Path) -> Path:
-    """onnxruntime's dynamic int8 quantization of the graph's MatMuls (weights int8 per
-    channel, activations quantized at run time): the transformer layers, most of the time."""
+    """onnxruntime's dynamic int8 quantization of the graph's weight MatMuls (weights int8 per
+    channel, activations quantized at run time): the transformer layers' linear maps."""
     quantization = require("onnxruntime.quantization", "--quantize int8", "onnx")
     quantized = traced.with_name("quantized-" + traced.name)
     large = sum(path.stat().st_size for path in traced.parent.iterdir()) > EXTERNAL_DATA_BYTES  # ViT-H: weights beside
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")  # its advice to run its shape preprocessing first
         quantization.quantize_dynamic(str(traced), str(quantized), op_types_to_quantize=["MatMul"], per_channel=True,
                                       weight_type=quantization.QuantType.QInt8,
-                                      use_external_data_format=large)
+                                      use_external_data_format=large, nodes_to_exclude=_activation_products(traced))
     return quantized
 
 
