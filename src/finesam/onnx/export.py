@@ -195,8 +195,8 @@ def _quiet_root_logger():
 
 def _activation_products(traced: Path) -> list[str]:
     """Names of the MatMul nodes whose inputs are both activations (attention scores and
-    values, the decoder's hypernetwork product): quantizing softmax weights or mask features
-    per tensor at run time costs far more accuracy than their little arithmetic saves."""
+    values, the decoder's hypernetwork product), kept float32 explicitly: only weight MatMuls
+    are quantized, whatever the quantizer's version would do with the others."""
     onnx = require("onnx", "--quantize int8", "onnx")
     graph = onnx.load(str(traced), load_external_data=False).graph
     constants = {tensor.name for tensor in graph.initializer}
