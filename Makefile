@@ -17,7 +17,12 @@ LS_VERSION := 1.23.2
 LS_STAMP := $(LS_VENV)/.label-studio-$(LS_VERSION)
 LS_DATABASE := $(LS_VENV)/database-template/.finesam-ready
 
-.PHONY: test demo venv bench clean check-runtime chromium ls-venv
+ANYLABELING_VENV := .venv-anylabeling
+ANYLABELING_STAMP := $(ANYLABELING_VENV)/.installed
+X_ANYLABELING_VENV := .venv-xanylabeling
+X_ANYLABELING_STAMP := $(X_ANYLABELING_VENV)/.installed
+
+.PHONY: test demo venv bench clean check-runtime chromium ls-venv anylabeling-venvs tool-venvs
 
 venv: $(STAMP)
 
@@ -50,8 +55,31 @@ $(LS_DATABASE): $(LS_STAMP)
 	@if [ -d $(LS_VENV) ]; then $(PYTHON) tests/label_studio/ls_server.py prepare --venv $(LS_VENV) \
 	  || echo "WARNING: could not prepare Label Studio's database: the end-to-end test will make its own (minutes)"; fi
 
+# AnyLabeling 0.4.43 and X-AnyLabeling 4.2.1 (both install a package named anylabeling; PyQt6, opencv,
+# onnxruntime) in venvs of their own: tests/onnx/test_anylabeling.py runs their own SegmentAnythingONNX
+# classes there through a subprocess (headless). Without them the AnyLabeling test skips, saying why,
+# and the X-AnyLabeling one replays that class's pre- and post-processing.
+anylabeling-venvs: $(ANYLABELING_STAMP) $(X_ANYLABELING_STAMP)
+
+$(ANYLABELING_STAMP):
+	rm -rf $(ANYLABELING_VENV)
+	$(PYTHON) -m venv $(ANYLABELING_VENV) && $(ANYLABELING_VENV)/bin/python -m pip install -q anylabeling==0.4.43 \
+	  && touch $(ANYLABELING_STAMP) \
+	  || { rm -rf $(ANYLABELING_VENV); echo "WARNING: could not install anylabeling==0.4.43: its test will skip"; }
+
+$(X_ANYLABELING_STAMP):
+	rm -rf $(X_ANYLABELING_VENV)
+	$(PYTHON) -m venv $(X_ANYLABELING_VENV) \
+	  && $(X_ANYLABELING_VENV)/bin/python -m pip install -q 'x-anylabeling-cvhub[cpu]==4.2.1' \
+	  && touch $(X_ANYLABELING_STAMP) \
+	  || { rm -rf $(X_ANYLABELING_VENV); echo "WARNING: could not install x-anylabeling-cvhub: its test replays its code"; }
+
+# The annotation tools' venvs install side by side (each is mostly downloads and unpacking).
+tool-venvs:
+	@$(MAKE) --no-print-directory -j3 ls-venv anylabeling-venvs
+
 # The runtime-only install check, then pytest (whose summary closes the output); fails if either fails.
-test: $(STAMP) chromium ls-venv
+test: $(STAMP) chromium tool-venvs
 	@status=0; $(MAKE) --no-print-directory check-runtime || status=$$?; \
 	$(PY) -m pytest -q tests || status=$$?; \
 	exit $$status
@@ -79,4 +107,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_predictor.py
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) $(LS_VENV) demo-output .pytest_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(LS_VENV) $(ANYLABELING_VENV) $(X_ANYLABELING_VENV) demo-output .pytest_cache

@@ -1,17 +1,20 @@
 """onnxruntime vs torch: the image encoder (``set_image``) and one prompt (``predict`` with a
 cached embedding; for Pi-SAM also one ``correct``), on the graphs ``finesam export onnx``
-writes, with the largest logit difference seen.
+writes, float32 and ``--quantize int8``, with the largest logit difference (float32 vs
+torch) and the int8 masks' agreement with the float32 ones on real photos.
 
     python benchmarks/bench_onnx.py [--models mobile_sam,hq_vit_tiny] [--repeats 3]
-                                    [--image PHOTO] [--threads N]
+                                    [--image PHOTO] [--threads N] [--agreement-images 5]
 
 ViT models (sam_vit_b, hq_vit_b, pi_vit_b: ``--models pi_vit_b``) work too but need much more
 memory: a pi_vit_b run (both runtimes' ViT-B encoders side by side) passed 8.7 GB of RSS.
 
-Random weights (timings do not depend on the values). Exports go to a temporary folder.
-Calls are interleaved (torch, onnxruntime, torch, ...) so that a machine whose load changes
-during the run treats both alike; the median of ``--repeats`` runs after one warm-up is printed.
-Both runtimes use ``--threads`` CPU threads (default: all cores).
+Seeded random weights (timings do not depend on the values; agreement is measured on them).
+Exports go to a temporary folder. Calls are interleaved (torch, onnxruntime, int8, torch, ...)
+so that a machine whose load changes during the run treats all alike; the median of
+``--repeats`` runs after one warm-up is printed. All runtimes use ``--threads`` CPU threads
+(default: all cores). int8 speed depends on the CPU's integer instructions (AVX2, AVX512-VNNI,
+AMX): the CPU's flags are printed.
 """
 
 from __future__ import annotations
@@ -29,24 +32,54 @@ import torch
 import finesam
 from finesam.data.images import read_image
 from bench_predictor import interleaved  # benchmarks/ is on sys.path when run as a script
-from finesam.export import export_onnx
-from finesam.onnx import OnnxPredictor
+from finesam.onnx import OnnxPredictor, export_onnx
 
-DEFAULT_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ecssd" / "im" / "0001.jpg"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_IMAGE = DATA / "ecssd" / "im" / "0001.jpg"
+RUNTIMES = ("torch", "onnxruntime", "int8")
 
 
-def bench(name: str, image: np.ndarray, repeats: int, threads: int) -> None:
+def cpu_flags() -> str:
+    """The CPU model and its vector / matrix extensions that int8 kernels use."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    return f"{model}; " + " ".join(flag for flag in wanted if flag in flags)
+
+
+def mask_agreement(exact, quantized, images: list[np.ndarray]) -> list[float]:
+    """Share of pixels where the int8 graphs' masks equal the float32 ones, per image and
+    prompt (a centred box, a centre click: 3 masks each)."""
+    shares = []
+    for image in images:
+        height, width = image.shape[:2]
+        exact.set_image(image)
+        quantized.set_image(image)
+        for prompt in (dict(box=np.array([0.15 * width, 0.2 * height, 0.85 * width, 0.8 * height])),
+                       dict(point_coords=np.array([[0.5 * width, 0.5 * height]]), point_labels=np.array([1]))):
+            shares.append(float((exact.predict(**prompt)[0] == quantized.predict(**prompt)[0]).mean()))
+    return shares
+
+
+def bench(name: str, image: np.ndarray, repeats: int, threads: int, photos: list[np.ndarray]) -> None:
     import onnxruntime
 
     model = finesam.load(name, random_weights=True)
     capabilities = model.capabilities
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        export_onnx(model, folder, model_name=name, random_weights=True)
+        export_onnx(model, Path(folder) / "float32", model_name=name, random_weights=True)
         export_seconds = time.perf_counter() - start
+        export_onnx(model, Path(folder) / "int8", model_name=name, random_weights=True, quantize="int8")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
-        predictors = {"torch": finesam.SamPredictor(model), "onnxruntime": OnnxPredictor(folder, session_options=options)}
+        predictors = {"torch": finesam.SamPredictor(model),
+                      "onnxruntime": OnnxPredictor(Path(folder) / "float32", session_options=options),
+                      "int8": OnnxPredictor(Path(folder) / "int8", session_options=options)}
         height, width = image.shape[:2]
         box = np.array([width * 0.1, height * 0.1, width * 0.9, height * 0.9])
         encode = interleaved({runtime: (lambda p=p: p.set_image(image)) for runtime, p in predictors.items()}, repeats)
@@ -59,14 +92,21 @@ def bench(name: str, image: np.ndarray, repeats: int, threads: int) -> None:
             click = np.array([[width * 0.5, height * 0.5]])
             correct = interleaved({runtime: (lambda p=p: p.correct(fg_points=click, return_logits=True))
                                       for runtime, p in predictors.items()}, repeats)
-    print(f"\n{name} (export {export_seconds:.1f} s; max |logit difference| {difference:.2e})")
-    print(f"  {'':12} {'torch':>10} {'onnxruntime':>12} {'ratio':>7}")
+        agreement = mask_agreement(predictors["onnxruntime"], predictors["int8"], photos)
+        sizes = [sum(path.stat().st_size for path in (Path(folder) / kind).glob("*.onnx*")) / 2**20
+                 for kind in ("float32", "int8")]
+    print(f"\n{name} (export {export_seconds:.1f} s; max |logit difference| float32 vs torch {difference:.2e}; "
+          f"graphs {sizes[0]:.0f} MB float32, {sizes[1]:.0f} MB int8)")
+    print(f"  {'':12} {'torch':>10} {'onnxruntime':>12} {'int8':>10} {'torch/ort':>10} {'ort/int8':>9} {'torch/int8':>10}")
     for label, seconds in (("set_image s", encode), ("predict ms", predict), ("correct ms", correct)):
         if not seconds:
             continue
         scale = 1 if label.endswith(" s") else 1000
-        print(f"  {label:12} {seconds['torch'] * scale:10.1f} {seconds['onnxruntime'] * scale:12.1f} "
-              f"{seconds['torch'] / seconds['onnxruntime']:7.2f}")
+        torch_s, ort_s, int8_s = (seconds[runtime] for runtime in RUNTIMES)
+        print(f"  {label:12} {torch_s * scale:10.1f} {ort_s * scale:12.1f} {int8_s * scale:10.1f} "
+              f"{torch_s / ort_s:10.2f} {ort_s / int8_s:9.2f} {torch_s / int8_s:10.2f}")
+    print(f"  int8 vs float32 mask agreement on {len(photos)} photos x 2 prompts: mean {np.mean(agreement):.4f}, "
+          f"min {min(agreement):.4f} (goal >= 0.98)")
 
 
 def main() -> None:
@@ -75,14 +115,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--agreement-images", type=int, default=5, help="ECSSD photos for the int8 agreement")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     image = read_image(args.image)
     print(f"image {args.image.name} {image.shape[1]}x{image.shape[0]}, {args.threads} threads, torch {torch.__version__}")
-    print("ratio = torch time / onnxruntime time")
+    print(f"CPU: {cpu_flags()}")
+    print("ratios: time of the first / time of the second (above 1: the second is faster)")
+    photos = [read_image(path) for path in sorted((DATA / "ecssd" / "im").glob("*.jpg"))[: args.agreement_images]]
     for name in args.models.split(","):
-        bench(name.strip(), image, args.repeats, args.threads)
+        bench(name.strip(), image, args.repeats, args.threads, photos or [image])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch
 
 from ..errors import InvalidInputError
 from ..modeling.decoder_api import HQ_OUTPUTS
+from ..onnx.export import LAYOUTS, QUANTIZE
 from ..optional import require
 from ..outputs import check_output_dir
 from ..registry import get_spec, model_names
@@ -17,8 +18,13 @@ EPILOG = """\
 writes DIR/encoder.onnx (preprocessed 1x3x1024x1024 image -> image_embeddings and the extras the decoder reads),
 DIR/decoder.onnx (SAM's ONNX decoder inputs: image_embeddings, point_coords, point_labels with 1 positive,
 0 negative, 2/3 box corners, -1 padding, mask_input, has_mask_input, orig_im_size; outputs masks, iou_predictions,
-low_res_masks) and, for Pi-SAM models, DIR/interactor.onnx (click correction). Run them with
+low_res_masks: for SAM and MobileSAM the official export's 4 masks, or with --single-mask the one its
+return_single_mask=True picks) and, for Pi-SAM models, DIR/interactor.onnx (click correction). Run them with
 finesam.onnx.OnnxPredictor(DIR), or with onnxruntime directly.
+
+--layout anylabeling: the pair AnyLabeling loads as a Segment Anything model (X-AnyLabeling's sam_hq for HQ
+models; the encoder takes its 684x1024x3 float32 canvas, the decoder returns the one mask it reads) and
+DIR/NAME.yaml, the model config to load in the tool.
 """
 
 
@@ -37,34 +43,48 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     onnx.add_argument("--random-weights", action="store_true", help="seeded random weights: checks the pipeline only")
     onnx.add_argument("--out", required=True, metavar="DIR", help="output folder (encoder.onnx, decoder.onnx, ...)")
     onnx.add_argument("--opset", type=int, default=17, help="ONNX opset, 16 to 20 (default 17)")
+    onnx.add_argument("--single-mask", action="store_true",
+                      help="SAM / MobileSAM: one mask, the one the official export with return_single_mask=True picks "
+                           "(token 0 for more than 2 points, padding and box corners counted, else the best of the 3 "
+                           "candidates); default: the official 4 masks")
     onnx.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None,
-                      help="fixed in the decoder: 3 candidate masks for SAM (the best of 3 + HQ for HQ-SAM), or the "
-                           "single-mask output with --no-multimask (default: --multimask where the decoder has candidates)")
+                      help="HQ models, fixed in the decoder as the official HQ export's multimask_output: the best of "
+                           "SAM's 3 candidates + HQ, or token 0 + HQ with --no-multimask (default: --multimask; "
+                           "--no-multimask with --layout anylabeling, as the official HQ export)")
     onnx.add_argument("--hq-token-only", action="store_true", help="HQ models: the HQ logits only (official hq_token_only=True)")
     onnx.add_argument("--hq-output", choices=HQ_OUTPUTS, help="HQ models: the output mode fixed in the decoder (default sum)")
+    onnx.add_argument("--layout", choices=LAYOUTS, default=LAYOUTS[0],
+                      help="finesam (default): the graphs OnnxPredictor runs; anylabeling: the graphs and model config "
+                           "for AnyLabeling (SAM, MobileSAM) and X-AnyLabeling (HQ-SAM: its sam_hq model type)")
+    onnx.add_argument("--quantize", choices=[value for value in QUANTIZE if value],
+                      help="int8: onnxruntime's dynamic quantization of the graphs' MatMuls (smaller, faster on CPUs)")
     onnx.add_argument("--external-data", action="store_true",
                       help="keep the weights in DIR/NAME.onnx.data files (always done for graphs over 1.8 GB)")
     return export
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import check_opset, export_mode, export_onnx
+    from ..onnx import check_opset, check_quantize, export_mode, export_onnx
 
     # Refuse bad options before loading weights: the output folder, the extra, the modes on a weightless build.
     out = check_output_dir(args.out, "ONNX output folder")
     require("onnx", "finesam export onnx", "onnx")
     check_opset(args.opset)
+    check_quantize(args.quantize)
+    if args.quantize:
+        require("onnxruntime.quantization", "finesam export onnx --quantize", "onnx")
     spec = get_spec(args.model)
     if args.checkpoint and args.random_weights:
         raise InvalidInputError("--random-weights and --checkpoint / --decoder-checkpoint exclude each other")
     hq_token_only = True if args.hq_token_only else None
     with torch.device("meta"):
-        export_mode(spec.build(), args.multimask, hq_token_only, args.hq_output)
+        export_mode(spec.build(), args.multimask, hq_token_only, args.hq_output, args.single_mask, args.layout)
     model = load_model(args.model, args.checkpoint, args.random_weights, "cpu", decoder_checkpoint=args.decoder_checkpoint)
     files = export_onnx(model, out, model_name=args.model, multimask=args.multimask, hq_token_only=hq_token_only,
                         hq_output=args.hq_output, opset=args.opset, external_data=True if args.external_data else None,
-                        random_weights=args.random_weights)
-    for path in (files.encoder, files.decoder, files.interactor):
+                        random_weights=args.random_weights, single_mask=args.single_mask, layout=args.layout,
+                        quantize=args.quantize)
+    for path in (files.encoder, files.decoder, files.interactor, files.config):
         if path is not None:
             print(path)
     return 0

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidInputError
 from ..modeling.decoder_api import CorrectionState, OutputMode
 from ..modeling.features import ImageFeatures
 from ..modeling.prompt_encoder import PAD_LABEL
@@ -28,8 +29,35 @@ DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
 # A correcting decoder's state (:class:`~finesam.modeling.decoder_api.CorrectionState`).
 STATE_OUTPUTS = ("object_embedding", "hq_token", "rgb_embedding")
 CLICK_INPUTS = ("click_coords", "click_labels")
+INTERM_EMBEDDINGS = "interm_embeddings"  # X-AnyLabeling's sam_hq name for the stacked early features
 # Point labels of SAM's ONNX decoder: box corners after the point labels 0 / 1 (and -1 padding).
 BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = 2, 3
+# What the decoder graph of a SAM decoder (3 candidates + the single-mask token, no HQ token)
+# returns, as the official export's return_single_mask: "all" 4 tokens (token 0 the single-mask
+# output, 1-3 the multimask ones; the official default), or "single", the one the official picks.
+SAM_TOKENS = ("all", "single")
+# The official single-mask choice takes token 0 when the prompt has more than this many points
+# (padding and box corners counted): with one click or a box alone, SAM's single-mask output is ambiguous.
+SINGLE_MASK_MIN_POINTS = 2
+
+
+def returns_sam_tokens(model: Sam) -> bool:
+    """Whether the decoder gives SAM's 4 token outputs as its whole result (SAM and MobileSAM;
+    not HQ-SAM, whose graphs keep the official HQ export's one-mask modes, nor Pi-SAM)."""
+    capabilities = model.capabilities
+    return capabilities.multimask and not capabilities.output_modes and capabilities.output_size == 256
+
+
+def select_single_mask(logits: torch.Tensor, scores: torch.Tensor, point_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask the official ``return_single_mask=True`` export returns, of SAM's 4 tokens.
+
+    logits (1, 4, S, S), scores (1, 4), point_labels (1, N) -> (1, 1, S, S), (1, 1): token 0
+    when N > 2, else the multimask token (1..3) with the highest predicted IoU.
+    """
+    count = torch.ones_like(point_labels).sum(dim=1)  # N as a tensor: the graph keeps it dynamic
+    best_candidate = scores[:, 1:].argmax(dim=1) + 1
+    index = torch.where(count > SINGLE_MASK_MIN_POINTS, torch.zeros_like(best_candidate), best_candidate)
+    return logits.index_select(1, index), scores.index_select(1, index)
 
 
 def extras_of(model: Sam) -> tuple[str, ...]:
@@ -79,6 +107,26 @@ class EncoderGraph(nn.Module):
         return tuple(outputs)
 
 
+class CanvasEncoderGraph(nn.Module):
+    """The encoder as (X-)AnyLabeling feeds it: (H, W, 3) float32 RGB in 0..255, H, W at most
+    the model's image size (AnyLabeling: 684 x 1024, its canvas after the affine warp that
+    fits the photo in), normalised, made channels-first and zero-padded to the square inside
+    the graph, then :class:`EncoderGraph`'s outputs. The canvas is already at SAM's scale (its
+    long side 1024), so no resizing happens here."""
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        self.encoder = EncoderGraph(model)
+        self.model = model
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.encoder.output_names
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.encoder(self.model.preprocess(image.to(torch.float32).permute(2, 0, 1).unsqueeze(0)))
+
+
 class PromptEmbedding(nn.Module):
     """SAM's ONNX prompt convention on top of the model's prompt encoder.
 
@@ -118,17 +166,22 @@ class DecoderGraph(nn.Module):
 
     Inputs: image_embeddings, the extras the decoder reads, point_coords, point_labels, then
     mask_input (1, 1, 256, 256) and has_mask_input (1,) when the decoder takes mask prompts,
-    and orig_im_size (2,) float (H, W). The output mode (multimask, HQ output) is fixed.
+    and orig_im_size (2,) float (H, W). The output is fixed: for SAM decoders ``tokens``
+    (:data:`SAM_TOKENS`: K = 4 or the official single-mask choice, K = 1), for the others the
+    output ``mode`` (multimask, HQ output).
     Decoders that correct clicks also return their correction state: object_embedding
     (1, 32, 256, 256), hq_token (1, 1, 32) and rgb_embedding (1, 8, 1024, 1024), the inputs
     of :class:`InteractorGraph`.
     """
 
-    def __init__(self, model: Sam, mode: OutputMode) -> None:
+    def __init__(self, model: Sam, mode: OutputMode, tokens: str | None = None) -> None:
         super().__init__()
         model.capabilities.check_mode(mode)
+        if (tokens is not None) != returns_sam_tokens(model) or tokens not in (None, *SAM_TOKENS):
+            raise InvalidInputError(f"tokens={tokens!r} for a decoder that {'gives' if returns_sam_tokens(model) else 'lacks'} SAM's 4 tokens")
         self.model = model
         self.mode = mode
+        self.tokens = tokens
         self.extras = extras_of(model)
         self.prompts = PromptEmbedding(model)
         self.with_masks = takes_masks(model)
@@ -150,11 +203,42 @@ class DecoderGraph(nn.Module):
         sparse = self.prompts.sparse(named["point_coords"], named["point_labels"])
         dense = self.prompts.dense(named.get("mask_input"), named.get("has_mask_input"))
         output = self.model.mask_decoder(features, self.model.prompt_encoder.get_dense_pe(), sparse, dense, self.mode)
-        masks = postprocess(output.logits, named[SIZE_INPUT], self.model.image_size)
-        outputs = (masks, output.scores, output.low_res)
+        logits, scores = output.logits, output.scores
+        if self.tokens is not None:
+            logits, scores = output.sam_logits, output.sam_scores
+            if self.tokens == "single":
+                logits, scores = select_single_mask(logits, scores, named["point_labels"])
+        masks = postprocess(logits, named[SIZE_INPUT], self.model.image_size)
+        outputs = (masks, scores, output.low_res if self.tokens is None else logits)
         if self.with_state:
             outputs += (output.state.object_embedding, output.state.hyper, output.state.rgb)
         return outputs
+
+
+class StackedEarlyDecoderGraph(nn.Module):
+    """X-AnyLabeling's ``sam_hq`` decoder contract on :class:`DecoderGraph` (HQ decoders):
+    the early feature comes as ``interm_embeddings`` (N, 1, 64, 64, C), the encoder's outputs
+    after the embedding stacked as X-AnyLabeling stacks them; the first is the one HQ-SAM fuses
+    (the official HQ export reads ``interm_embeddings[0]`` too)."""
+
+    def __init__(self, decoder: DecoderGraph) -> None:
+        super().__init__()
+        if decoder.extras != ("early",) or decoder.with_state:
+            raise InvalidInputError("the sam_hq contract is for decoders that read one early feature (HQ-SAM models)")
+        self.decoder = decoder
+
+    @property
+    def input_names(self) -> list[str]:
+        return [name if name != EXTRA_NAMES["early"] else INTERM_EMBEDDINGS for name in self.decoder.input_names]
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.decoder.output_names
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        named = dict(zip(self.input_names, inputs))
+        named[EXTRA_NAMES["early"]] = named.pop(INTERM_EMBEDDINGS)[0]
+        return self.decoder(*(named[name] for name in self.decoder.input_names))
 
 
 class InteractorGraph(nn.Module):

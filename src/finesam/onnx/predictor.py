@@ -1,5 +1,5 @@
 """``OnnxPredictor``: :class:`finesam.SamPredictor`'s surface on graphs written by
-``finesam export onnx`` (:func:`finesam.export.export_onnx`), run with onnxruntime.
+``finesam export onnx`` (:func:`finesam.onnx.export_onnx`), run with onnxruntime.
 
 Prompts, images and clicks are validated and resized by :class:`SamPredictor`'s own code;
 only the encoder, the decoder and the click interactor run in onnxruntime, and the masks come
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -19,14 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InvalidInputError
-from .export import graphs
-from .export.onnx_export import DECODER_FILE, ENCODER_FILE, FORMAT_VERSION, INTERACTOR_FILE, METADATA_KEY
-from .modeling.decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
-from .modeling.features import ImageFeatures
-from .modeling.prompt_checks import check_click_points, check_model_prompts
-from .optional import require
-from .predict.predictor import SamPredictor
+from ..errors import InvalidInputError
+from ..modeling.decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
+from ..modeling.features import ImageFeatures
+from ..modeling.prompt_checks import check_click_points, check_model_prompts
+from ..optional import require
+from ..predict.predictor import SamPredictor
+from . import graphs
+from .export import DECODER_FILE, DEFAULT_LAYOUT, ENCODER_FILE, FORMAT_VERSION, INTERACTOR_FILE, METADATA_KEY
 
 __all__ = ["OnnxPredictor", "ExportedModel"]
 
@@ -48,6 +49,38 @@ def _session(ort, path: Path, providers: Sequence[str] | None, options):
         raise InvalidInputError(f"onnxruntime cannot load {str(path)!r}: {error}") from error
 
 
+def _graph_metadata(session, path: Path, graph: str) -> dict:
+    """The finesam metadata of an opened graph, checked to be the ``graph`` ("encoder",
+    "decoder", "interactor") of this finesam's export format and layout."""
+    again = "export the model again with `finesam export onnx`"
+    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if raw is None:
+        raise InvalidInputError(f"{str(path)!r} was not exported by finesam (no {METADATA_KEY!r} metadata): {again}")
+    try:
+        metadata = json.loads(raw)
+    except ValueError as error:
+        raise InvalidInputError(f"{str(path)!r}: its finesam metadata is not JSON ({error}): {again}") from None
+    if not isinstance(metadata, dict):
+        raise InvalidInputError(f"{str(path)!r}: its finesam metadata is not a JSON object: {again}")
+    if metadata.get("format") != FORMAT_VERSION:
+        raise InvalidInputError(f"{str(path)!r} is a graph of export format {metadata.get('format')!r}; "
+                                f"this finesam reads format {FORMAT_VERSION}: {again}")
+    layout = metadata.get("layout", DEFAULT_LAYOUT)
+    if layout != DEFAULT_LAYOUT:
+        raise InvalidInputError(f"{str(path)!r} was exported with --layout {layout} (for that tool); OnnxPredictor "
+                                f"reads the default layout: export again without --layout")
+    if metadata.get("graph") != graph:
+        raise InvalidInputError(f"{str(path)!r} holds the {metadata.get('graph')!r} graph, not the {graph}: the files "
+                                f"were renamed or swapped; {again}")
+    return metadata
+
+
+def _number(value, what: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{what} is {value!r}, not a finite{' positive' if positive else ''} number")
+    return float(value)
+
+
 class ExportedModel:
     """The exported graphs of one model, with the part of :class:`~finesam.modeling.sam.Sam`'s
     surface that :class:`SamPredictor` uses (``image_size``, ``capabilities``, ``encode_image``,
@@ -61,33 +94,59 @@ class ExportedModel:
         if not self.folder.is_dir():
             raise InvalidInputError(f"ONNX folder {str(self.folder)!r} does not exist: export a model into it with "
                                     "`finesam export onnx --model NAME --out FOLDER`")
+        # Each graph's metadata is checked when it opens, so that a wrong folder fails here with
+        # the file's name, not in onnxruntime at the first prediction.
         self.encoder = _session(ort, self.folder / ENCODER_FILE, providers, session_options)
+        encoder_metadata = _graph_metadata(self.encoder, self.folder / ENCODER_FILE, "encoder")
         self.decoder = _session(ort, self.folder / DECODER_FILE, providers, session_options)
-        raw = self.decoder.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if raw is None:
-            raise InvalidInputError(f"{str(self.folder / DECODER_FILE)!r} was not exported by finesam (no metadata)")
-        self.metadata = json.loads(raw)
-        if self.metadata.get("format") != FORMAT_VERSION:
-            raise InvalidInputError(f"{str(self.folder)!r} holds graphs of export format {self.metadata.get('format')}; "
-                                    f"this finesam reads format {FORMAT_VERSION}: export the model again")
-        caps = self.metadata["capabilities"]
-        self.capabilities = DecoderCapabilities(
-            prompts=frozenset(caps["prompts"]), multimask=caps["multimask"], output_modes=tuple(caps["output_modes"]),
-            output_size=caps["output_size"], corrects_clicks=caps["corrects_clicks"],
-            encoder_features=frozenset(caps["encoder_features"]),
-        )
-        self.mode = OutputMode(**self.metadata["mode"])
-        self.image_size = int(self.metadata["image_size"])
-        self.image_format = self.metadata["image_format"]
-        self.mask_threshold = float(self.metadata["mask_threshold"])
-        self.pixel_mean = torch.tensor(self.metadata["pixel_mean"]).view(-1, 1, 1)
-        self.pixel_std = torch.tensor(self.metadata["pixel_std"]).view(-1, 1, 1)
-        self.device = torch.device("cpu")
+        self.metadata = _graph_metadata(self.decoder, self.folder / DECODER_FILE, "decoder")
+        self._read_metadata(self.folder / DECODER_FILE)
+        if {**encoder_metadata, "graph": None} != {**self.metadata, "graph": None}:
+            raise InvalidInputError(f"{str(self.folder / ENCODER_FILE)!r} and {DECODER_FILE!r} come from different "
+                                    f"exports: export the model again into {str(self.folder)!r}")
         self.interactor = None
         if self.capabilities.corrects_clicks:
             self.interactor = _session(ort, self.folder / INTERACTOR_FILE, providers, session_options)
+            _graph_metadata(self.interactor, self.folder / INTERACTOR_FILE, "interactor")
         self.extras = tuple(extra for extra in graphs.EXTRA_NAMES if extra in self.capabilities.encoder_features)
         self.decoder_inputs = {entry.name for entry in self.decoder.get_inputs()}
+        self.device = torch.device("cpu")
+
+    def _read_metadata(self, path: Path) -> None:
+        """Capabilities, output mode and image settings from the decoder's metadata; a missing
+        or malformed entry is refused with the file's name."""
+        metadata = self.metadata
+        try:
+            caps = metadata["capabilities"]
+            self.capabilities = DecoderCapabilities(
+                prompts=frozenset(caps["prompts"]), multimask=bool(caps["multimask"]),
+                output_modes=tuple(caps["output_modes"]), output_size=int(caps["output_size"]),
+                corrects_clicks=bool(caps["corrects_clicks"]), encoder_features=frozenset(caps["encoder_features"]),
+            )
+            mode = dict(metadata["mode"])
+            # SAM graphs: "all" 4 tokens or the official "single" mask (graphs.SAM_TOKENS); None for the others.
+            self.tokens = mode.pop("tokens", None)
+            if self.tokens not in (None, *graphs.SAM_TOKENS):
+                raise ValueError(f"mode.tokens is {self.tokens!r}")
+            self.mode = OutputMode(**mode)
+            size = metadata["image_size"]
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % 16:
+                raise ValueError(f"image_size is {size!r}, not a positive multiple of 16")
+            self.image_size = size
+            self.image_format = metadata["image_format"]
+            if self.image_format not in ("RGB", "BGR"):
+                raise ValueError(f"image_format is {self.image_format!r}")
+            self.mask_threshold = _number(metadata["mask_threshold"], "mask_threshold")
+            mean = [_number(value, "pixel_mean") for value in metadata["pixel_mean"]]
+            std = [_number(value, "pixel_std", positive=True) for value in metadata["pixel_std"]]
+            if len(mean) != 3 or len(std) != 3:
+                raise ValueError("pixel_mean and pixel_std need 3 values each")
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            detail = f"no {error}" if isinstance(error, KeyError) else str(error)
+            raise InvalidInputError(f"{str(path)!r}: incomplete or invalid finesam metadata ({detail}): export the "
+                                    "model again with `finesam export onnx`") from None
+        self.pixel_mean = torch.tensor(mean).view(-1, 1, 1)
+        self.pixel_std = torch.tensor(std).view(-1, 1, 1)
 
     # --- what SamPredictor asks ----------------------------------------------------------------
     def encode_image(self, x: torch.Tensor, extras: frozenset[str] | None = None) -> ImageFeatures:
@@ -147,8 +206,12 @@ class OnnxPredictor(SamPredictor):
 
     ``set_image``, ``predict``, ``predict_batch``, ``predict_torch``, ``correct`` (Pi-SAM),
     ``reset_image``, ``get_image_embedding`` take the same arguments with the same checks.
-    The decoder's output mode was fixed at export: ``multimask_output`` / ``hq_token_only`` /
-    ``hq_output`` default to it, and another value is refused with the export option to use.
+    SAM and MobileSAM graphs return the official 4 masks, from which ``multimask_output``
+    picks as :class:`SamPredictor` does (3 candidates, or token 0 with False); graphs exported
+    with ``single_mask`` return the official single-mask choice (leave ``multimask_output``
+    out). For other decoders the output mode was fixed at export: ``multimask_output`` /
+    ``hq_token_only`` / ``hq_output`` default to it, and another value is refused with the
+    export option to use.
     ``providers``: onnxruntime execution providers (default: the CPU).
     """
 
@@ -160,7 +223,21 @@ class OnnxPredictor(SamPredictor):
         """What the export recorded: model name, random weights, opset, output mode, ..."""
         return self.model.metadata
 
+    @staticmethod
+    def _single_mask_refusal(multimask_output: bool) -> InvalidInputError:
+        return InvalidInputError(
+            "these ONNX graphs were exported with --single-mask: they return the mask the official "
+            "return_single_mask=True export picks (token 0 for more than 2 points, padding and box corners "
+            f"counted, else the best multimask output), not multimask_output={multimask_output}: leave "
+            "multimask_output out, or export again without --single-mask")
+
     def _exported_multimask(self, multimask_output: bool | None) -> bool:
+        if self.model.tokens == "single":
+            if multimask_output is not None:
+                raise self._single_mask_refusal(multimask_output)
+            return False  # stands for the graph's one mask below predict()
+        if self.model.tokens == "all":
+            return True if multimask_output is None else multimask_output
         return self.model.mode.multimask if multimask_output is None else multimask_output
 
     def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output: bool | None = None,
@@ -179,6 +256,10 @@ class OnnxPredictor(SamPredictor):
     def _check_mode(self, mode: OutputMode) -> None:
         capabilities, exported = self.capabilities, self.model.mode
         capabilities.check_mode(mode)
+        if self.model.tokens == "single" and mode.multimask:
+            raise self._single_mask_refusal(True)
+        if self.model.tokens is not None:  # SAM graphs: either multimask mode from the 4 tokens
+            return
         default_hq = capabilities.output_modes[0] if capabilities.output_modes else None
         hq, exported_hq = mode.hq or default_hq, exported.hq or default_hq
         multimask_matters = (capabilities.multimask or capabilities.output_modes) and hq != "candidates"
@@ -194,12 +275,14 @@ class OnnxPredictor(SamPredictor):
             )
 
     @torch.no_grad()
-    def predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output: bool = True,
+    def predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output: bool | None = None,
                       return_logits: bool = False, hq_token_only: bool | None = None, hq_output: str | None = None):
         """As :meth:`SamPredictor.predict_torch`: prompts in the 1024 frame, batched over B (the
         decoder graph runs once per prompt). Returns masks (B, K, H, W), scores (B, K), low-res
-        logits (B, K, 256, 256)."""
+        logits (B, K, 256, 256). ``multimask_output`` None: as exported."""
         self._require_image()
+        if multimask_output is None:
+            multimask_output = self._exported_multimask(None)
         if (point_coords is None) != (point_labels is None):
             raise InvalidInputError("point_coords and point_labels go together: pass both, or neither")
         self._check_mode(OutputMode.from_flags(multimask_output, hq_token_only, hq_output))
@@ -220,6 +303,9 @@ class OnnxPredictor(SamPredictor):
             mask = None if mask_input is None else mask_input[index if mask_input.shape[0] > 1 else 0].cpu().numpy()
             outputs = [torch.from_numpy(array) for array in
                        self.model.decode_one(self.image_features, parts[0], parts[1], mask, self.original_size)]
+            if self.model.tokens == "all":  # the official 4 masks: pick as SamPredictor does
+                chosen = slice(1, None) if multimask_output else slice(0, 1)
+                outputs[:3] = [output[:, chosen] for output in outputs[:3]]
             results.append(outputs[:3])
             if len(outputs) > 3:
                 states.append(outputs[3:])
