@@ -145,7 +145,7 @@ def test_batched_forward_notebook(sam_file, image):
 
 
 # --- automatic_mask_generator_example.ipynb and scripts/amg.py -----------------------------------
-AMG_KWARGS = dict(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=1,
+AMG_KWARGS = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=1,
                   crop_n_points_downscale_factor=2, min_mask_region_area=100)
 
 
