@@ -49,7 +49,7 @@ def small_sam_file(folder: Path) -> OfficialFile:
     from segment_anything.build_sam import _build_sam
 
     args, overrides = (64, 2, 2, [1]), dict(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,))
-    path = write_file(lambda: _build_sam(*args), 15, folder / "sam_small.pth")
+    path = write_file(lambda: _build_sam(*args), 5, folder / "sam_small.pth")  # tests/predict/test_amg's weights
     spec = REGISTRY["sam_vit_b"].with_encoder(**overrides)
     return OfficialFile(path, lambda p: _build_sam(*args, checkpoint=p), lambda p: finesam.load(spec, p))
 

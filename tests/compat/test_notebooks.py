@@ -145,8 +145,11 @@ def test_batched_forward_notebook(sam_file, image):
 
 
 # --- automatic_mask_generator_example.ipynb and scripts/amg.py -----------------------------------
-AMG_KWARGS = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=1,
-                  crop_n_points_downscale_factor=2, min_mask_region_area=100)
+# tests/predict/test_amg's crop case on the same weights: a 3x3 grid on the image, two points per
+# crop of layer 1, some masks touching inner crop edges (dropped), small regions removed.
+AMG_KWARGS = dict(points_per_side=None, point_grids=[official_amg.build_point_grid(3), np.array([[0.25, 0.3], [0.7, 0.75]])],
+                  pred_iou_thresh=0.02, stability_score_thresh=0.55, box_nms_thresh=0.7, crop_n_layers=1,
+                  crop_nms_thresh=0.5, min_mask_region_area=100)
 
 
 def write_masks_to_folder(masks: list[dict], path: str) -> None:
@@ -222,10 +225,11 @@ def assert_same_files(ours: str, official: str) -> int:
 
 @pytest.mark.parametrize("output_mode", ["binary_mask", "coco_rle"])
 def test_amg_script_with_crops(sam_file, tmp_path, output_mode):
-    inputs = [str(data_path("ecssd", "im", name)) for name in ("0001.jpg", "0042.jpg")]
+    # One image (the official generator raises on an image where no mask survives, with crops)
+    inputs = [str(data_path("ecssd", "im", "0001.jpg"))]
     amg_script(OFFICIAL, sam_file.official(str(sam_file.path)), inputs, str(tmp_path / "official"), output_mode)
     amg_script(COMPAT, sam_file.ours(str(sam_file.path)), inputs, str(tmp_path / "ours"), output_mode)
-    assert assert_same_files(str(tmp_path / "ours"), str(tmp_path / "official")) == 2
+    assert assert_same_files(str(tmp_path / "ours"), str(tmp_path / "official")) == 1
     if output_mode == "coco_rle":
         records = json.load(open(tmp_path / "ours" / "0001.json"))
         assert len({tuple(r["crop_box"]) for r in records}) >= 2, "the crops are not exercised"
@@ -251,6 +255,7 @@ def onnx_notebook(pkg, sam, image: np.ndarray, folder) -> dict:
         "orig_im_size": torch.tensor([1500, 2250], dtype=torch.float),
     }
     output_names = ["masks", "iou_predictions", "low_res_masks"]
+    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "sam_onnx_example.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
