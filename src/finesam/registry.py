@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointFile
+from .checkpoints import CheckpointFile, from_official_keys
 from .errors import InvalidInputError, UnknownModelError
 from .modeling.high_res_head import HighResHead, rgb_embedding
 from .modeling.hq_decoder import HQMaskDecoder
@@ -100,8 +100,9 @@ class ModelSpec:
         if cached is None or cached[0] is not self:
             with torch.device("meta"):
                 model = self.build()
-            shapes = ({k: v.shape for k, v in model.official_state_dict().items()},
-                      {k: v.shape for k, v in model.state_dict().items()})
+            official = {k: v.shape for k, v in model.official_state_dict().items()}
+            # files in the composition's own names (state_dict() speaks the official ones)
+            shapes = (official, from_official_keys(official, model.official_key_prefixes))
             cached = _SHAPES[id(self)] = (self, shapes)
         return cached[1]
 

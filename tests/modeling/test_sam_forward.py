@@ -123,3 +123,13 @@ def test_forward_refuses_malformed_records():
         model([{"image": torch.zeros(3, 1024, 800), "boxes": torch.zeros(1, 4)}], False)
     with pytest.raises(ValueError, match="HQ-SAM models"):
         model([{"image": torch.zeros(3, 1024, 800), "original_size": (1024, 800)}], False, hq_token_only=True)
+
+
+def test_forward_in_eval_mode_runs_without_autograd(images):
+    """As the official @torch.no_grad Sam.forward: outputs convert to numpy as they are."""
+    model = finesam.load("mobile_sam", random_weights=True)  # eval mode, parameters requiring grad
+    assert all(p.requires_grad for p in model.parameters())
+    outputs = model(batched_input(images)[:1], multimask_output=True)
+    assert not any(value.requires_grad for value in outputs[0].values())
+    assert outputs[0]["iou_predictions"].cpu().numpy().shape == (2, 3)
+    assert torch.is_grad_enabled()  # the caller's mode is left as it was

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InvalidInputError
+from .features import ImageFeatures
 
 PROMPT_KINDS = ("points", "boxes", "masks")
 HQ_OUTPUTS = ("sum", "hq_only", "sam_only", "candidates")
@@ -85,10 +86,16 @@ class DecoderCapabilities:
         names = {"points": "point", "boxes": "box", "masks": "mask"}
         return "/".join(names[kind] for kind in PROMPT_KINDS if kind in self.prompts)
 
-    def check_prompts(self, points: bool, boxes: bool, masks: bool) -> None:
-        """Raise ``ValueError`` unless this combination of prompt kinds is accepted."""
+    def check_prompts(self, points: bool, boxes: bool, masks: bool, allow_none: bool = False) -> None:
+        """Raise ``ValueError`` unless this combination of prompt kinds is accepted.
+
+        ``allow_none``: no prompt at all passes for a decoder trained on points (SAM's decoder
+        then reads its output tokens alone, as the official models do when given nothing).
+        """
         given = {kind for kind, present in zip(PROMPT_KINDS, (points, boxes, masks)) if present}
         refused = given - set(self.prompts)
+        if not given and allow_none and "points" in self.prompts:
+            return
         if refused or not given & set(self.prompts):
             hint = " Refine with clicks through correct(...)." if self.corrects_clicks else ""
             raise InvalidInputError(
@@ -173,3 +180,10 @@ def select_by_iou(masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor,
     best_iou, best = iou[:, 1:4].max(dim=1)
     chosen = masks[:, 1:4][torch.arange(masks.shape[0], device=masks.device), best]
     return chosen.unsqueeze(1), best_iou.unsqueeze(1)
+
+
+def is_official_call(args: tuple, kwargs: dict) -> bool:
+    """Whether a decoder was called the official way (image embeddings as a tensor, the
+    official keywords) rather than finesam's (an :class:`ImageFeatures` first)."""
+    first = args[0] if args else kwargs.get("features")
+    return not isinstance(first, ImageFeatures)

@@ -186,6 +186,7 @@ class ImageEncoderViT(nn.Module):
     ) -> None:
         super().__init__()
         self.img_size = img_size
+        self.returns_interm = False  # what the official call returns: see forward
         grid = img_size // patch_size
         self.patch_embed = PatchEmbed(patch_size, 3, embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
@@ -211,12 +212,28 @@ class ImageEncoderViT(nn.Module):
     def early_feature_dim(self) -> int:
         return self.pos_embed.shape[-1]
 
-    def forward(self, x: torch.Tensor, keep_early: bool = False) -> ImageFeatures:
-        """x: (B, 3, 1024, 1024) normalised image."""
+    def forward(
+        self, x: torch.Tensor, keep_early: bool | None = None
+    ) -> ImageFeatures | torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """x: (B, 3, 1024, 1024) normalised image.
+
+        finesam's call (``keep_early`` given) returns :class:`ImageFeatures`. The official call
+        ``encoder(x)`` returns what the official encoder does: the (B, 256, 64, 64) embedding,
+        or with ``returns_interm`` (set by :class:`~finesam.modeling.sam.Sam` for decoders that
+        read the early feature, as in ``segment_anything_hq``) the tuple (embedding, the outputs
+        of every global-attention block, each (B, 64, 64, C)).
+        """
+        official = keep_early is None
         x = self.patch_embed(x) + self.pos_embed
         early = None
+        interm = []
         for block in self.blocks:
             x = block(x)
             if keep_early and early is None and block.window_size == 0:
                 early = x
-        return ImageFeatures(self.neck(x.permute(0, 3, 1, 2)), early)
+            if official and self.returns_interm and block.window_size == 0:
+                interm.append(x)
+        embedding = self.neck(x.permute(0, 3, 1, 2))
+        if official:
+            return (embedding, interm) if self.returns_interm else embedding
+        return ImageFeatures(embedding, early)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 
 from .common import MLP, LayerNorm2d
-from .decoder_api import DecoderCapabilities, DecoderOutput, OutputMode, broadcast_to_prompts, hypernetwork_product
+from .decoder_api import (
+    DecoderCapabilities,
+    DecoderOutput,
+    OutputMode,
+    broadcast_to_prompts,
+    hypernetwork_product,
+    is_official_call,
+)
 from .features import ImageFeatures
 from .transformer import TwoWayTransformer
 
@@ -19,6 +26,92 @@ SAM_MODULES = ("iou_token", "mask_tokens", "transformer", "output_upscaling", "o
 def prefixes(modules: tuple[str, ...], part: str) -> tuple[tuple[str, str], ...]:
     """(official prefix, module prefix) pairs for ``modules`` held by a part named ``part``."""
     return tuple((f"{module}.", f"{part}.{module}.") for module in modules)
+
+
+def _rename_prefixed(state: dict, prefix: str, pairs: Sequence[tuple[str, str]]) -> None:
+    """Rename, in place and keeping the order, the keys ``prefix + source...`` of ``state`` to
+    ``prefix + target...`` for each (source, target) pair."""
+    pairs = [(prefix + source, prefix + target) for source, target in pairs]
+
+    def renamed(key: str) -> str:
+        for source, target in pairs:
+            if key.startswith(source):
+                return target + key[len(source):]
+        return key
+
+    items = [(renamed(key), value) for key, value in state.items()]
+    if any(new != old for (new, _), old in zip(items, state)):
+        state.clear()
+        state.update(items)
+
+
+def _state_dict_in_official_keys(module: "ComposedDecoder", state: dict, prefix: str, local_metadata: dict) -> None:
+    _rename_prefixed(state, prefix, [(ours, official) for official, ours in module.official_prefixes])
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:  # module versions, under the official module names
+        # the parts' own entries (``mask_decoder.sam``) have no official counterpart
+        parts = {f"{prefix}{ours.split('.')[0]}" for _, ours in module.official_prefixes if "." in ours[:-1]}
+        for key in [key for key in metadata if key in parts]:
+            del metadata[key]
+        dotted = {f"{key}.": value for key, value in metadata.items()}
+        _rename_prefixed(dotted, prefix, [(ours, official) for official, ours in module.official_prefixes])
+        metadata.clear()
+        metadata.update({key[:-1]: value for key, value in dotted.items()})
+
+
+def _load_official_keys(module: "ComposedDecoder", state: dict, prefix: str, *_: Any) -> None:
+    _rename_prefixed(state, prefix, module.official_prefixes)
+
+
+class ComposedDecoder(nn.Module):
+    """Base of the decoders composed of parts (HQ, Pi): they speak the official names outside.
+
+    ``official_prefixes`` pairs each official module name with its path among the parts
+    (``("transformer.", "sam.transformer.")``). From them:
+
+    - ``state_dict()`` returns the official keys (``mask_decoder.hf_token.weight``, not
+      ``mask_decoder.hq.hf_token.weight``), so a ``torch.save(model.state_dict())`` file loads
+      into the official model with ``strict=True``; ``load_state_dict`` takes the official keys
+      and the composition's own.
+    - the official attribute names are the very modules of the parts
+      (``decoder.hf_token is decoder.hq.hf_token``), for reading and for assignment.
+
+    ``named_parameters()`` keeps the composition's names (``mask_decoder.hq.hf_token.weight``).
+    """
+
+    official_prefixes: ClassVar[tuple[tuple[str, str], ...]] = ()
+    _official_paths: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._official_paths = {official[:-1]: tuple(ours[:-1].split(".")) for official, ours in cls.official_prefixes}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_state_dict_post_hook(_state_dict_in_official_keys)
+        self.register_load_state_dict_pre_hook(_load_official_keys)
+
+    def __getattr__(self, name: str) -> Any:
+        path = type(self)._official_paths.get(name)
+        if path is None:
+            return super().__getattr__(name)
+        target: Any = self
+        for part in path:
+            target = getattr(target, part)
+        return target
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        path = type(self)._official_paths.get(name)
+        if path is None or "_modules" not in self.__dict__:
+            super().__setattr__(name, value)
+            return
+        owner: Any = self
+        for part in path[:-1]:
+            owner = getattr(owner, part)
+        setattr(owner, path[-1], value)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(type(self)._official_paths))
 
 
 class MaskDecoder(nn.Module):
@@ -104,7 +197,15 @@ class MaskDecoder(nn.Module):
         masks = hypernetwork_product(hyper_in, upscaled)
         return masks, self.iou_prediction_head(hs[:, 0]), upscaled
 
-    def forward(
+    def forward(self, *args: Any, **kwargs: Any) -> DecoderOutput | tuple[torch.Tensor, torch.Tensor]:
+        """finesam's call ``(features, image_pe, sparse, dense, mode)`` -> :class:`DecoderOutput`
+        (:meth:`decode`), or the official call (image embeddings as a tensor, see
+        :meth:`official_forward`) -> the official ``(masks, iou_pred)``."""
+        if is_official_call(args, kwargs):
+            return self.official_forward(*args, **kwargs)
+        return self.decode(*args, **kwargs)
+
+    def decode(
         self,
         features: ImageFeatures,
         image_pe: torch.Tensor,
@@ -123,3 +224,31 @@ class MaskDecoder(nn.Module):
         chosen = slice(1, None) if mode.multimask else slice(0, 1)
         logits = masks[:, chosen]
         return DecoderOutput(logits, iou[:, chosen], logits, masks, iou)
+
+    # The official interface ----------------------------------------------------------------------
+    def official_forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``segment_anything``'s ``MaskDecoder.forward``: masks (B, 3 or 1, 256, 256) and IoU
+        predictions (B, 3 or 1) for (1 or B, 256, 64, 64) image embeddings."""
+        output = self.decode(ImageFeatures(image_embeddings), image_pe, sparse_prompt_embeddings,
+                             dense_prompt_embeddings, OutputMode(multimask=bool(multimask_output)))
+        return output.logits, output.scores
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``segment_anything``'s ``MaskDecoder.predict_masks``: every token's masks
+        (B, 4, 256, 256) and IoU predictions (B, 4)."""
+        hs, src = self.run_transformer(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        masks, iou, _ = self.sam_masks(hs, src)
+        return masks, iou

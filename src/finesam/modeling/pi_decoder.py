@@ -12,19 +12,20 @@ from .decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, Ou
 from .features import ImageFeatures
 from .high_res_head import HIGH_RES_MODULES, HighResHead
 from .hq_token import HQ_MODULES, HQTokenFusion
-from .mask_decoder import SAM_MODULES, MaskDecoder, prefixes
+from .mask_decoder import SAM_MODULES, ComposedDecoder, MaskDecoder, prefixes
 from .object_embedder import OBJECT_DIM
 from .pi_interactor import PreciseInteractor
 
 
-class PiMaskDecoder(nn.Module):
+class PiMaskDecoder(ComposedDecoder):
     """Box prompt -> 1024x1024 logits (B, 1, 1024, 1024) and the SAM IoU prediction of the
     single-mask token (B, 1) as score; clicks on wrongly predicted areas correct the object
     embedding through :meth:`correct`.
 
     Parts: ``sam`` (SAM's decoder), ``hq`` (HQ token and fusion), ``high_res``
     (:class:`HighResHead`), ``interactor`` (:class:`PreciseInteractor`); the official keys
-    map onto them (``interact_2`` is the interactor).
+    map onto them (``interact_2`` is the interactor). ``state_dict()`` and the attributes speak
+    the official ``MaskDecoderAE`` names (:class:`~finesam.modeling.mask_decoder.ComposedDecoder`).
     """
 
     capabilities: ClassVar[DecoderCapabilities] = DecoderCapabilities(

@@ -48,6 +48,11 @@ class Sam(nn.Module):
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        if hasattr(image_encoder, "returns_interm"):
+            # Called the official way, the encoder returns what the official package of this
+            # model returns: (embedding, interm_embeddings) where the decoder reads the early
+            # feature (segment_anything_hq), else the embedding alone (segment_anything).
+            image_encoder.returns_interm = "early" in mask_decoder.capabilities.encoder_features
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
@@ -120,10 +125,12 @@ class Sam(nn.Module):
         """Prompts in the 1024 frame -> :class:`DecoderOutput` for B prompts.
 
         points: ((B, N, 2) xy, (B, N) labels); boxes: (B, 4) xyxy; mask_input: (B, 1, 256, 256)
-        logits. Prompt kinds the decoder does not declare, and values that cannot give a finite
-        mask (see :func:`~finesam.modeling.prompt_checks.check_model_prompts`), are refused.
+        logits. No prompt at all gives one prediction from the output tokens alone (B = 1), as
+        the official models do, for decoders trained on points. Prompt kinds the decoder does
+        not declare, and values that cannot give a finite mask (see
+        :func:`~finesam.modeling.prompt_checks.check_model_prompts`), are refused.
         """
-        self.capabilities.check_prompts(points is not None, boxes is not None, mask_input is not None)
+        self.capabilities.check_prompts(points is not None, boxes is not None, mask_input is not None, allow_none=True)
         check_model_prompts(points, boxes, mask_input, self.image_size)
         sparse, dense = self.prompt_encoder(points, boxes, mask_input)
         return self.mask_decoder(features, self.prompt_encoder.get_dense_pe(), sparse, dense, mode)
@@ -178,10 +185,24 @@ class Sam(nn.Module):
         ``original_size`` (H, W); optional ``point_coords`` (B, N, 2) with ``point_labels``
         (B, N), ``boxes`` (B, 4), ``mask_inputs`` (B, 1, 256, 256), all in the 1024 frame.
         Returns per record ``masks`` (B, K, H, W) bool, ``iou_predictions`` (B, K) and
-        ``low_res_logits`` (B, K, 256, 256). Gradients flow (no ``no_grad``), so the model can
-        be trained and wrapped by DDP. ``hq_token_only`` / ``hq_output``: HQ models, as in
+        ``low_res_logits`` (B, K, 256, 256). ``hq_token_only`` / ``hq_output``: HQ models, as in
         :meth:`finesam.SamPredictor.predict`.
+
+        Autograd follows the mode: in eval mode (what ``finesam.load`` and the builders return)
+        it runs without autograd, as the official ``Sam.forward`` (``@torch.no_grad``), so the
+        outputs convert to numpy and memory stays at inference size; in train mode
+        (``model.train()``) gradients flow, so the model can be trained and wrapped by DDP.
         """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.training):
+            return self._forward(batched_input, multimask_output, hq_token_only, hq_output)
+
+    def _forward(
+        self,
+        batched_input: Sequence[dict[str, Any]],
+        multimask_output: bool,
+        hq_token_only: bool | None,
+        hq_output: str | None,
+    ) -> list[dict[str, torch.Tensor]]:
         mode = OutputMode.from_flags(multimask_output, hq_token_only, hq_output)
         self.capabilities.check_mode(mode)
         if not batched_input:

@@ -332,6 +332,7 @@ class TinyViT(nn.Module):
     ) -> None:
         super().__init__()
         self.img_size = img_size
+        self.returns_interm = False  # what the official call returns: see forward
         self.patch_embed = PatchEmbed(3, embed_dims[0])
         resolution = img_size // 4
         # Each merge halves the grid except the last one (stage 2 -> 3), which keeps 64x64.
@@ -363,8 +364,17 @@ class TinyViT(nn.Module):
         self.early_stage = 1
         self.early_feature_dim = embed_dims[self.early_stage + 1]
 
-    def forward(self, x: torch.Tensor, keep_early: bool = False) -> ImageFeatures:
-        """x: (B, 3, 1024, 1024) normalised image."""
+    def forward(
+        self, x: torch.Tensor, keep_early: bool | None = None
+    ) -> ImageFeatures | torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """x: (B, 3, 1024, 1024) normalised image.
+
+        finesam's call (``keep_early`` given) returns :class:`ImageFeatures`. The official call
+        ``encoder(x)`` returns the (B, 256, 64, 64) embedding (MobileSAM), or with
+        ``returns_interm`` (Light HQ-SAM) the tuple (embedding, [early feature (B, 64, 64, 160)]).
+        """
+        official = keep_early is None
+        keep_early = bool(keep_early) or (official and self.returns_interm)
         x = self.patch_embed(x)
         early = None
         for stage, layer in enumerate(self.layers):
@@ -373,4 +383,6 @@ class TinyViT(nn.Module):
                 early = x.view(x.shape[0], self.grid, self.grid, -1)
         batch = x.shape[0]
         embedding = self.neck(x.view(batch, self.grid, self.grid, -1).permute(0, 3, 1, 2))
+        if official:
+            return (embedding, [early]) if self.returns_interm else embedding
         return ImageFeatures(embedding, early)

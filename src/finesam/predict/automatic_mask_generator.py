@@ -169,7 +169,8 @@ class AutomaticMaskGenerator:
             segmentation: (H, W) bool array, or an RLE dict (see ``output_mode``);
             area: int pixels; bbox: [x, y, w, h] (ints); predicted_iou: float;
             point_coords: [[x, y]] the prompt; stability_score: float;
-            crop_box: [x, y, w, h] of the crop the mask came from.
+            crop_box: [x, y, w, h] of the crop the mask came from (ints; floats for every
+                record when a crop gave no mask, as the official generator's).
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -227,7 +228,10 @@ class AutomaticMaskGenerator:
         data.filter(keep)
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
-        data["crop_boxes"] = torch.tensor([crop_box], dtype=torch.int64).repeat(len(data), 1)
+        # The official torch.tensor([crop_box] * n) is float32 for a crop without masks (an empty
+        # list), and concatenated that makes every crop box of the image float: records match.
+        dtype = torch.int64 if len(data) else torch.float32
+        data["crop_boxes"] = torch.tensor([crop_box], dtype=dtype).repeat(len(data), 1)
         return data
 
     def _process_batch(

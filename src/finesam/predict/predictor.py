@@ -167,17 +167,38 @@ class SamPredictor:
 
     @property
     def features(self) -> torch.Tensor | None:
-        """(1, 256, 64, 64) image embedding, as the official predictor's ``features``."""
+        """(1, 256, 64, 64) image embedding, as the official predictor's ``features``.
+
+        Assignable, as users of the official predictor do with cached embeddings (then set
+        ``original_size``, ``input_size`` and ``is_image_set = True`` as there)."""
         return None if self.image_features is None else self.image_features.embedding
+
+    @features.setter
+    def features(self, embedding: torch.Tensor | None) -> None:
+        self._replace_features(embedding=embedding)
 
     @property
     def interm_features(self) -> list[torch.Tensor] | None:
         """``[early feature]`` (B, 64, 64, C), as ``segment_anything_hq``'s predictor's first entry
         (the only one HQ-SAM reads); None with ``keep_early_feature=False`` for a decoder that does
-        not read it."""
+        not read it. Assignable with the official list (its first entry is used)."""
         if self.image_features is None or self.image_features.early is None:
             return None
         return [self.image_features.early]
+
+    @interm_features.setter
+    def interm_features(self, interm: list[torch.Tensor] | torch.Tensor | None) -> None:
+        self._replace_features(early=None if interm is None else interm[0])
+
+    def _replace_features(self, **tensors: torch.Tensor | None) -> None:
+        """New :class:`ImageFeatures` with some tensors replaced (and nothing derived from the old)."""
+        current = self.image_features
+        values = {"embedding": None, "early": None, "image": None}
+        if current is not None:
+            values.update(embedding=current.embedding, early=current.early, image=current.image)
+        values.update({name: None if t is None else torch.as_tensor(t, device=self.device) for name, t in tensors.items()})
+        self.image_features = None if all(v is None for v in values.values()) else ImageFeatures(**values)
+        self.correction_state = None
 
     def get_image_embedding(self) -> torch.Tensor:
         self._require_image()
@@ -186,6 +207,10 @@ class SamPredictor:
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise CallOrderError("An image must be set with .set_image(...) before mask prediction.")
+        if self.image_features is None or self.image_features.embedding is None:
+            raise CallOrderError("is_image_set is True but no embedding is set: assign predictor.features or call set_image")
+        if self.original_size is None or self.input_size is None:
+            raise CallOrderError("assigned features need predictor.original_size and predictor.input_size (H, W) as well")
 
     # --- prompts -------------------------------------------------------------------------------
     def _mask_tensor(self, mask_input: np.ndarray | None, batch: int | None) -> torch.Tensor | None:
