@@ -113,6 +113,32 @@ def test_refusal_names_the_registered_model_a_file_belongs_to(registered, tmp_pa
         finesam.load("sam_vit_b", path)
 
 
+def test_specs_declare_capabilities_and_new_parts_without_weights(registered):
+    """``ModelSpec.capabilities`` / ``new_parts`` equal what the built model declares, and are
+    read off one meta-device build kept per spec (no weights, no second build)."""
+    for name in ("mobile_sam", "hq_vit_tiny", "pi_vit_b"):
+        spec = REGISTRY[name]
+        with torch.device("meta"):
+            model = spec.build()
+        assert spec.capabilities == model.capabilities
+        assert spec.new_parts == tuple(model.mask_decoder.new_parts)
+    assert REGISTRY["mobile_sam"].new_parts == () and REGISTRY["hq_vit_tiny"].new_parts == ("hq",)
+    assert REGISTRY["hq_vit_tiny"].capabilities.output_modes[0] == "sum"
+    assert REGISTRY["pi_vit_b"].capabilities.corrects_clicks
+
+    devices = []
+
+    def counted_build() -> Sam:
+        model = small_vit_hq()
+        devices.append(model.device.type)
+        return model
+
+    spec = registered("test_counted_hq", counted_build)
+    assert spec.new_parts == ("hq",) and spec.capabilities.output_modes == ("sum", "hq_only", "sam_only", "candidates")
+    spec.state_shapes()
+    assert devices == ["meta"]  # one build, on the meta device, for all three questions
+
+
 def test_random_weights_are_seeded_and_the_same_everywhere():
     first = finesam.load("mobile_sam", random_weights=True)
     torch.manual_seed(123)  # the global random state does not matter

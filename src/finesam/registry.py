@@ -16,6 +16,7 @@ from torch import nn
 
 from .checkpoints import CheckpointFile
 from .errors import InvalidInputError, UnknownModelError
+from .modeling.decoder_api import DecoderCapabilities
 from .modeling.high_res_head import HighResHead, rgb_embedding
 from .modeling.hq_decoder import HQMaskDecoder
 from .modeling.image_encoder import ImageEncoderViT
@@ -96,17 +97,46 @@ class ModelSpec:
     def state_shapes(self) -> tuple[dict[str, torch.Size], dict[str, torch.Size]]:
         """Key names and shapes of this model's state dict, in the official names and in the
         model's own (built once on the meta device, so without memory or time)."""
-        cached = _SHAPES.get(id(self))
+        declaration = self._declaration()
+        return declaration.official_shapes, declaration.shapes
+
+    @property
+    def capabilities(self) -> DecoderCapabilities:
+        """What this model's decoder accepts and returns, without building the model's weights."""
+        return self._declaration().capabilities
+
+    @property
+    def new_parts(self) -> tuple[str, ...]:
+        """The decoder parts this model adds over SAM (its decoder's ``new_parts``), without weights."""
+        return self._declaration().new_parts
+
+    def _declaration(self) -> "_Declaration":
+        """What a weightless build declares, built once on the meta device and kept per spec."""
+        cached = _DECLARATIONS.get(id(self))
         if cached is None or cached[0] is not self:
             with torch.device("meta"):
                 model = self.build()
-            shapes = ({k: v.shape for k, v in model.official_state_dict().items()},
-                      {k: v.shape for k, v in model.state_dict().items()})
-            cached = _SHAPES[id(self)] = (self, shapes)
+            declaration = _Declaration(
+                official_shapes={k: v.shape for k, v in model.official_state_dict().items()},
+                shapes={k: v.shape for k, v in model.state_dict().items()},
+                capabilities=model.capabilities,
+                new_parts=tuple(model.mask_decoder.new_parts),
+            )
+            cached = _DECLARATIONS[id(self)] = (self, declaration)
         return cached[1]
 
 
-_SHAPES: dict[int, tuple[ModelSpec, tuple[dict[str, torch.Size], dict[str, torch.Size]]]] = {}
+@dataclass(frozen=True)
+class _Declaration:
+    """What :meth:`ModelSpec._declaration` reads off a meta-device build."""
+
+    official_shapes: dict[str, torch.Size]
+    shapes: dict[str, torch.Size]
+    capabilities: DecoderCapabilities
+    new_parts: tuple[str, ...]
+
+
+_DECLARATIONS: dict[int, tuple[ModelSpec, _Declaration]] = {}
 REGISTRY: dict[str, ModelSpec] = {}
 
 
