@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -30,39 +31,64 @@ PI_RGB_SEED = 42
 
 
 @dataclass(frozen=True)
-class SamArchitecture:
-    """Builds the built-in models: an encoder ("vit" or "tiny_vit" with its settings) and a
-    decoder family ("sam", "hq" or "pi"). Calling it returns a fresh model in eval mode.
+class DecoderFactory:
+    """How one decoder family is built beside its image encoder.
 
-    Pi-SAM: the official ``rgb_embed`` is never trained nor saved; the official test run draws
-    it right after building the ViT and the prompt encoder under ``torch.manual_seed(42)``. We
-    build in that order under that seed (without touching the caller's random state), so that
-    an official decoder file gets exactly those values.
+    build: ``build(image_encoder, **drawn)`` returns the decoder module (it may read the
+        encoder's ``early_feature_dim``).
+    seed, drawn: parts whose official values come from a fixed seed: ``drawn()`` runs right after
+        the image and prompt encoders are built, all three under ``torch.manual_seed(seed)``
+        (the caller's random state is kept), and returns keyword arguments for ``build``.
     """
 
-    encoder: str
+    build: Callable[..., nn.Module]
+    seed: int | None = None
+    drawn: Callable[[], Mapping[str, nn.Module]] | None = None
+
+
+def _pi_decoder(image_encoder: nn.Module, rgb_embed: nn.Module) -> nn.Module:
+    return PiMaskDecoder(vit_dim=image_encoder.early_feature_dim, high_res=HighResHead(rgb_embed=rgb_embed))
+
+
+SAM_DECODER = DecoderFactory(lambda image_encoder: MaskDecoder())
+HQ_DECODER = DecoderFactory(lambda image_encoder: HQMaskDecoder(vit_dim=image_encoder.early_feature_dim))
+# Pi-SAM: the official ``rgb_embed`` is never trained nor saved; the official test run draws it
+# right after building the ViT and the prompt encoder under ``torch.manual_seed(42)``. Building in
+# that order under that seed gives an official decoder file exactly those values.
+PI_DECODER = DecoderFactory(_pi_decoder, seed=PI_RGB_SEED, drawn=lambda: {"rgb_embed": rgb_embedding()})
+
+
+@contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Random draws inside come from ``seed`` (nothing changes for None); the caller's state is kept."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@dataclass(frozen=True)
+class SamArchitecture:
+    """Builds a model from an image encoder class with its settings (``ImageEncoderViT``,
+    ``TinyViT``, ...) and a :class:`DecoderFactory` (:data:`SAM_DECODER`, :data:`HQ_DECODER`,
+    :data:`PI_DECODER`, or one of your own). Calling it returns a fresh model in eval mode.
+    """
+
+    encoder: Callable[..., nn.Module]
     encoder_config: Mapping[str, Any] = field(default_factory=dict)
-    decoder: str = "sam"
+    decoder: DecoderFactory = SAM_DECODER
 
     def with_encoder(self, **overrides: Any) -> "SamArchitecture":
         """A variant with other encoder settings (e.g. ``depth`` and ``global_attn_indexes``)."""
         return replace(self, encoder_config={**self.encoder_config, **overrides})
 
-    def _encoders(self) -> tuple[nn.Module, PromptEncoder]:
-        encoder = ImageEncoderViT if self.encoder == "vit" else TinyViT
-        return encoder(**self.encoder_config), PromptEncoder()
-
     def __call__(self) -> Sam:
-        if self.decoder == "pi":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(PI_RGB_SEED)
-                image_encoder, prompt_encoder = self._encoders()
-                rgb_embed = rgb_embedding()
-            decoder: nn.Module = PiMaskDecoder(vit_dim=image_encoder.early_feature_dim, high_res=HighResHead(rgb_embed=rgb_embed))
-        else:
-            image_encoder, prompt_encoder = self._encoders()
-            decoder = HQMaskDecoder(vit_dim=image_encoder.early_feature_dim) if self.decoder == "hq" else MaskDecoder()
-        return Sam(image_encoder, prompt_encoder, decoder).eval()
+        with _seeded(self.decoder.seed):
+            image_encoder, prompt_encoder = self.encoder(**self.encoder_config), PromptEncoder()
+            drawn = self.decoder.drawn() if self.decoder.drawn is not None else {}
+        return Sam(image_encoder, prompt_encoder, self.decoder.build(image_encoder, **drawn)).eval()
 
 
 @dataclass(frozen=True)
@@ -253,25 +279,29 @@ _HQ_FILES = {
 SAM_PACKAGE, HQ_PACKAGE, HQ_BASELINE = "segment_anything", "segment_anything_hq", "segment_anything_hq.baseline"
 
 
+# (name prefix, description prefix, decoder, official files, official names of that family)
+_VIT_FAMILIES = (
+    ("sam", "SAM", SAM_DECODER, _SAM_FILES, (SAM_PACKAGE, HQ_BASELINE)),
+    ("hq", "HQ-SAM", HQ_DECODER, _HQ_FILES, (HQ_PACKAGE,)),
+)
+
+
 def _register_builtins() -> None:
     for size, letter in (("vit_b", "B"), ("vit_l", "L"), ("vit_h", "H")):
-        names = ((SAM_PACKAGE, size), (HQ_BASELINE, size))
-        hq_names = ((HQ_PACKAGE, size),)
-        if size == "vit_h":  # the official packages' "default"
-            names += ((SAM_PACKAGE, "default"), (HQ_BASELINE, "default"))
-            hq_names += ((HQ_PACKAGE, "default"),)
-        register_model(f"sam_{size}", ModelSpec(SamArchitecture("vit", _VIT[size], "sam"), f"SAM ViT-{letter}",
-                                                _SAM_FILES[size], names))
-        register_model(f"hq_{size}", ModelSpec(SamArchitecture("vit", _VIT[size], "hq"), f"HQ-SAM ViT-{letter}",
-                                               _HQ_FILES[size], hq_names))
+        for prefix, family, decoder, files, packages in _VIT_FAMILIES:
+            names = tuple((package, size) for package in packages)
+            if size == "vit_h":  # the official packages' "default"
+                names += tuple((package, "default") for package in packages)
+            register_model(f"{prefix}_{size}", ModelSpec(SamArchitecture(ImageEncoderViT, _VIT[size], decoder),
+                                                         f"{family} ViT-{letter}", files[size], names))
     register_model("mobile_sam", ModelSpec(
-        SamArchitecture("tiny_vit"), "MobileSAM",
+        SamArchitecture(TinyViT), "MobileSAM",
         CheckpointFile("mobile_sam.pt", "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
                        40_728_226, "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"),
         ((SAM_PACKAGE, "vit_t"), (HQ_BASELINE, "vit_tiny")),
     ))
     register_model("hq_vit_tiny", ModelSpec(
-        SamArchitecture("tiny_vit", {}, "hq"), "Light HQ-SAM",
+        SamArchitecture(TinyViT, {}, HQ_DECODER), "Light HQ-SAM",
         CheckpointFile("sam_hq_vit_tiny.pth", _HQ_URL + "sam_hq_vit_tiny.pth", 42_526_881,
                        "0f32c075ccdd870ae54db2f7630e7a0878ede5a2b06d05d6fe02c65a82fb7196"),
         ((HQ_PACKAGE, "vit_tiny"),),
@@ -280,7 +310,7 @@ def _register_builtins() -> None:
     # (released on Google Drive only, so it has no URL here: pass decoder_checkpoint=).
     for size in ("vit_b", "vit_l", "vit_h"):
         register_model(f"pi_{size}", ModelSpec(
-            SamArchitecture("vit", _VIT[size], "pi"), f"Pi-SAM {size[-1].upper()}", _SAM_FILES[size],
+            SamArchitecture(ImageEncoderViT, _VIT[size], PI_DECODER), f"Pi-SAM {size[-1].upper()}", _SAM_FILES[size],
             decoder_file=True, kept_from_build=("mask_decoder.rgb_embed.",),
         ))
 
