@@ -74,6 +74,8 @@ class SamArchitecture:
     """Builds a model from an image encoder class with its settings (``ImageEncoderViT``,
     ``TinyViT``, ...) and a :class:`DecoderFactory` (:data:`SAM_DECODER`, :data:`HQ_DECODER`,
     :data:`PI_DECODER`, or one of your own). Calling it returns a fresh model in eval mode.
+    A factory's seeded parts (Pi-SAM's ``rgb_embed``, which no file holds) are drawn right after
+    the encoders under its seed: see :class:`DecoderFactory`.
     """
 
     encoder: Callable[..., nn.Module]

@@ -73,3 +73,13 @@ def test_built_in_decoders_have_the_written_interface(name):
         decoder = REGISTRY[name].build().mask_decoder
     assert isinstance(decoder, MaskDecoderInterface)
     assert isinstance(decoder, ClickCorrectingDecoder) == decoder.capabilities.corrects_clicks
+
+
+def test_prompt_kinds_are_checked_against_the_declaration():
+    pi, sam = declared("pi_vit_b"), declared("mobile_sam")
+    pi.check_prompt_kinds(points=False, boxes=True, masks=False)
+    sam.check_prompt_kinds(points=True, boxes=True, masks=True)
+    with pytest.raises(InvalidInputError, match=r"takes a box prompt only.*got points.*correct\(\.\.\.\)"):
+        pi.check_prompt_kinds(points=True, boxes=False, masks=False)
+    with pytest.raises(InvalidInputError, match="got no prompt"):
+        sam.check_prompt_kinds(points=False, boxes=False, masks=False)

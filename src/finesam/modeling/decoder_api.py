@@ -90,8 +90,9 @@ class DecoderCapabilities:
         names = {"points": "point", "boxes": "box", "masks": "mask"}
         return "/".join(names[kind] for kind in PROMPT_KINDS if kind in self.prompts)
 
-    def check_prompts(self, points: bool, boxes: bool, masks: bool) -> None:
-        """Raise ``ValueError`` unless this combination of prompt kinds is accepted."""
+    def check_prompt_kinds(self, points: bool, boxes: bool, masks: bool) -> None:
+        """Raise ``ValueError`` unless this combination of prompt kinds is accepted (the
+        prompts' values are checked by ``SamPredictor.check_prompts`` and ``prompt_checks``)."""
         given = {kind for kind, present in zip(PROMPT_KINDS, (points, boxes, masks)) if present}
         refused = given - set(self.prompts)
         if refused or not given & set(self.prompts):
@@ -101,6 +102,8 @@ class DecoderCapabilities:
                 f"{'' if len(self.prompts) == 1 else 's'} only (its decoder was trained on them); got "
                 f"{', '.join(sorted(given)) or 'no prompt'}.{hint}"
             )
+
+    check_prompts = check_prompt_kinds  # the former name, until its callers (sam.py, predictor.py, onnx.py) move
 
     @property
     def default_output_mode(self) -> str | None:
