@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -147,6 +148,7 @@ def test_architectures_compose_any_encoder_with_a_decoder_factory(registered):
     """Built-in models are SamArchitecture(encoder class, settings, DecoderFactory) like any
     user model; a factory's seeded parts come from its seed, whatever the caller's random state."""
     assert REGISTRY["hq_vit_b"].build.decoder is HQ_DECODER and REGISTRY["mobile_sam"].build.encoder is TinyViT
+    assert pickle.loads(pickle.dumps(REGISTRY["pi_vit_b"])) == REGISTRY["pi_vit_b"]  # spawned workers get specs
 
     def with_seeded_linear(image_encoder, extra):
         decoder = MaskDecoder()

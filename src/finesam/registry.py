@@ -46,16 +46,29 @@ class DecoderFactory:
     drawn: Callable[[], Mapping[str, nn.Module]] | None = None
 
 
+# Module-level functions, not lambdas: specs stay picklable (spawned worker processes).
+def _sam_decoder(image_encoder: nn.Module) -> nn.Module:
+    return MaskDecoder()
+
+
+def _hq_decoder(image_encoder: nn.Module) -> nn.Module:
+    return HQMaskDecoder(vit_dim=image_encoder.early_feature_dim)
+
+
 def _pi_decoder(image_encoder: nn.Module, rgb_embed: nn.Module) -> nn.Module:
     return PiMaskDecoder(vit_dim=image_encoder.early_feature_dim, high_res=HighResHead(rgb_embed=rgb_embed))
 
 
-SAM_DECODER = DecoderFactory(lambda image_encoder: MaskDecoder())
-HQ_DECODER = DecoderFactory(lambda image_encoder: HQMaskDecoder(vit_dim=image_encoder.early_feature_dim))
+def _pi_seeded_parts() -> dict[str, nn.Module]:
+    return {"rgb_embed": rgb_embedding()}
+
+
+SAM_DECODER = DecoderFactory(_sam_decoder)
+HQ_DECODER = DecoderFactory(_hq_decoder)
 # Pi-SAM: the official ``rgb_embed`` is never trained nor saved; the official test run draws it
 # right after building the ViT and the prompt encoder under ``torch.manual_seed(42)``. Building in
 # that order under that seed gives an official decoder file exactly those values.
-PI_DECODER = DecoderFactory(_pi_decoder, seed=PI_RGB_SEED, drawn=lambda: {"rgb_embed": rgb_embedding()})
+PI_DECODER = DecoderFactory(_pi_decoder, seed=PI_RGB_SEED, drawn=_pi_seeded_parts)
 
 
 @contextmanager
