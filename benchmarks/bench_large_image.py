@@ -25,7 +25,6 @@ import argparse
 import math
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -36,21 +35,9 @@ from queue import Empty
 
 import numpy as np
 
+from common import memory_mb  # benchmarks/ is on sys.path when run as a script
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dis5k_samples" / "im"
-
-
-def memory_mb(field: str) -> float:
-    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, MB. Read from
-    /proc: ``ru_maxrss`` would carry the parent's peak into a spawned child (Linux keeps it
-    across fork + exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def reset_peak() -> None:

@@ -29,16 +29,7 @@ import time
 import warnings
 from pathlib import Path
 
-DEFAULT_SOURCE = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dis5k_samples" / "im"
-                  / "4#Architecture#10#Pavilion#5795028920_08884db993_o.jpg")
-
-
-def memory_mb(field: str) -> float:
-    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process in MB, from /proc (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("/proc/self/status has no " + field)
+from common import DEFAULT_IMAGE, memory_mb, official_predictor, run_memory_case  # benchmarks/ is on sys.path as a script
 
 
 def child(model_name: str, impl: str, path: str, multimask: bool) -> None:
@@ -50,9 +41,6 @@ def child(model_name: str, impl: str, path: str, multimask: bool) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     result = {"import_mb": memory_mb("VmRSS"), "torch": torch.__version__}
     if impl == "official":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_predictor import official_predictor
-
         predictor, extra = official_predictor(model_name)
     else:
         import finesam
@@ -85,15 +73,6 @@ def official_importable(python: str) -> bool:
     return done.returncode == 0
 
 
-def run_case(model_name: str, impl: str, path: Path, multimask: bool = False, python: str = sys.executable) -> dict:
-    """Run one case in a fresh interpreter and return its measurements."""
-    command = [python, __file__, "--child", model_name, impl, str(path)] + (["--multimask"] if multimask else [])
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{impl} {model_name}: the measuring process failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def make_photo(source: Path, size: tuple[int, int], folder: Path) -> Path:
     from PIL import Image
 
@@ -107,7 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="mobile_sam,sam_vit_b")
     parser.add_argument("--size", default="8000x6000", help="WIDTHxHEIGHT of the photograph")
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--source", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--python", action="append", default=[], metavar="INTERPRETER",
                         help="also measure with this Python (repeatable), e.g. a venv with a CPU-only torch")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "IMPL", "PATH"), help=argparse.SUPPRESS)
@@ -131,7 +110,7 @@ def main() -> None:
                 cases = ([("official", False)] if with_official else []) + [("ours", False)]
                 cases += [("ours", True)] if model_name == "mobile_sam" else []
                 for impl, multimask in cases:
-                    r = run_case(model_name, impl, path, multimask, python)
+                    r = run_memory_case(model_name, impl, path, multimask, python)
                     print(f"{r['torch']:<12} {model_name:<11} {impl:<9} {3 if multimask else 1:<6} {r['import_mb']:>9.0f} {r['model_mb']:>9.0f} "
                           f"{r['read_peak_mb']:>9.0f} {r['set_image_peak_mb']:>14.0f} {r['peak_mb']:>8.0f} {r['seconds']:>6.1f}",
                           flush=True)

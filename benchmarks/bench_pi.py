@@ -26,11 +26,7 @@ import torch
 
 import finesam
 from finesam.data.images import read_image
-from bench_predictor import interleaved  # benchmarks/ is on sys.path when run as a script
-
-DEFAULT_IMAGE = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dis5k_samples" / "im"
-                 / "4#Architecture#10#Pavilion#5795028920_08884db993_o.jpg")
-
+from common import DEFAULT_IMAGE, box_for, interleaved  # benchmarks/ is on sys.path when run as a script
 
 def branch_share(predictor, box: np.ndarray, repeats: int) -> dict[str, float]:
     """Seconds spent in each deformable branch during one Pi predict (forward hooks)."""
@@ -70,7 +66,7 @@ def main() -> None:
         raise SystemExit(f"{args.image} not found: pass --image PHOTO (the default lives in ../shared/data)")
     image = read_image(args.image)
     height, width = image.shape[:2]
-    box = np.array([0.2 * width, 0.2 * height, 0.8 * width, 0.8 * height])
+    box = box_for(image)
     clicks = dict(fg_points=np.array([[0.5 * width, 0.5 * height], [0.4 * width, 0.6 * height]]),
                   bg_points=np.array([[0.25 * width, 0.25 * height]]))
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads; image {args.image.name} {width}x{height}; "

@@ -16,7 +16,7 @@ time / ours (> 1: finesam is faster). Rows (the performance issue's table):
 - automatic masks, HQ-tiny, ``points_per_side=16``, the photo resized to 1800x1200, IoU and
   stability thresholds 0 (random weights leave masks to post-process), one run each;
 - peak memory (max RSS) of ``set_image`` + ``predict`` on the photo, each in a fresh process
-  (``bench_memory.run_case``).
+  (``common.run_memory_case``).
 
 Pi-SAM's rows are in ``bench_pi.py``; the 8000x6000 memory benchmark is ``bench_memory.py``.
 """
@@ -24,10 +24,7 @@ Pi-SAM's rows are in ``bench_pi.py``; the 8000x6000 memory benchmark is ``bench_
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -35,57 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DEFAULT_IMAGE = DATA / "dis5k_samples" / "im" / "4#Architecture#10#Pavilion#5795028920_08884db993_o.jpg"
-OFFICIAL = {
-    # finesam name: (package, registry, key) for the official model with the same architecture
-    "sam_vit_b": ("segment_anything", "sam_model_registry", "vit_b"),
-    "sam_vit_h": ("segment_anything", "sam_model_registry", "vit_h"),
-    "mobile_sam": ("segment_anything_hq", "sam_model_registry_baseline", "vit_tiny"),
-    "hq_vit_b": ("segment_anything_hq", "sam_model_registry", "vit_b"),
-    "hq_vit_tiny": ("segment_anything_hq", "sam_model_registry", "vit_tiny"),
-}
-
-
-def official_model(name: str):
-    import torch
-
-    module_name, registry, key = OFFICIAL[name]
-    torch.manual_seed(0)
-    return getattr(importlib.import_module(module_name), registry)[key]().eval()
-
-
-def official_predictor(name: str):
-    """(official predictor with seeded random weights, extra predict kwargs)."""
-    module_name = OFFICIAL[name][0]
-    predictor = importlib.import_module(module_name).SamPredictor(official_model(name))
-    return predictor, ({"hq_token_only": False} if module_name == "segment_anything_hq" else {})
-
-
-def load_photo(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as photo:
-        photo = photo.convert("RGB")
-        return np.asarray(photo.resize(size, Image.BICUBIC) if size else photo)
-
-
-def box_for(image: np.ndarray) -> np.ndarray:
-    height, width = image.shape[:2]
-    return np.array([0.2 * width, 0.2 * height, 0.8 * width, 0.8 * height])
-
-
-def interleaved(calls: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each named call, run round-robin ``repeats`` times after one warm-up."""
-    for fn in calls.values():
-        fn()
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+from common import (  # benchmarks/ is on sys.path as a script; bench_onnx.py imports interleaved from here
+    DEFAULT_IMAGE,
+    box_for,
+    interleaved,
+    load_photo,
+    official_model,
+    official_predictor,
+    run_memory_case,
+)
 
 
 def build_group(names: list[str], bf16: str | None, folder: str) -> dict:
@@ -206,12 +161,9 @@ def main() -> None:
         rows.append(("automatic masks, HQ-tiny, 16x16 points, 1800x1200", f"{amg['official']:.1f} s ({amg['official_masks']} masks)",
                      f"{amg['ours']:.1f} s ({amg['ours_masks']} masks)", f"{amg['official'] / amg['ours']:.2f}x"))
     if not args.no_memory:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_memory import run_case
-
         for name in ("sam_vit_b", "mobile_sam", "hq_vit_b", "hq_vit_tiny"):
             if (name, "ours") in results:
-                official, ours = run_case(name, "official", args.image), run_case(name, "ours", args.image)
+                official, ours = run_memory_case(name, "official", args.image), run_memory_case(name, "ours", args.image)
                 rows.append((f"peak memory, read + set_image + predict, {name}", f"{official['peak_mb']:.0f} MB",
                              f"{ours['peak_mb']:.0f} MB", f"{official['peak_mb'] / ours['peak_mb']:.2f}x"))
 

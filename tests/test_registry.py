@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -12,14 +13,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 import finesam
 from finesam import cli
 from finesam.checkpoints import CheckpointError
-from finesam.modeling import HQMaskDecoder, ImageEncoderViT, MaskDecoder, PromptEncoder, Sam
-from finesam.registry import REGISTRY
+from finesam.modeling import HQMaskDecoder, ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TinyViT
+from finesam.registry import HQ_DECODER, REGISTRY, DecoderFactory, SamArchitecture
 
 from conftest import REPO
+
+
+SMALL_VIT = dict(embed_dim=768, depth=2, num_heads=12, global_attn_indexes=(1,))
 
 
 def small_vit_sam() -> Sam:
@@ -111,6 +116,59 @@ def test_refusal_names_the_registered_model_a_file_belongs_to(registered, tmp_pa
     path = finesam.save(finesam.load("test_small_vit", random_weights=True), tmp_path / "small.pth")
     with pytest.raises(CheckpointError, match=r"looks like test test_small_vit \(test_small_vit\)"):
         finesam.load("sam_vit_b", path)
+
+
+def test_specs_declare_capabilities_and_new_parts_without_weights(registered):
+    """``ModelSpec.capabilities`` / ``new_parts`` equal what the built model declares, and are
+    read off one meta-device build kept per spec (no weights, no second build)."""
+    for name in ("mobile_sam", "hq_vit_tiny", "pi_vit_b"):
+        spec = REGISTRY[name]
+        with torch.device("meta"):
+            model = spec.build()
+        assert spec.capabilities == model.capabilities
+        assert spec.new_parts == tuple(model.mask_decoder.new_parts)
+    assert REGISTRY["mobile_sam"].new_parts == () and REGISTRY["hq_vit_tiny"].new_parts == ("hq",)
+    assert REGISTRY["hq_vit_tiny"].capabilities.output_modes[0] == "sum"
+    assert REGISTRY["pi_vit_b"].capabilities.corrects_clicks
+
+    devices = []
+
+    def counted_build() -> Sam:
+        model = small_vit_hq()
+        devices.append(model.device.type)
+        return model
+
+    spec = registered("test_counted_hq", counted_build)
+    assert spec.new_parts == ("hq",) and spec.capabilities.output_modes == ("sum", "hq_only", "sam_only", "candidates")
+    spec.state_shapes()
+    assert devices == ["meta"]  # one build, on the meta device, for all three questions
+
+
+def test_architectures_compose_any_encoder_with_a_decoder_factory(registered):
+    """Built-in models are SamArchitecture(encoder class, settings, DecoderFactory) like any
+    user model; a factory's seeded parts come from its seed, whatever the caller's random state."""
+    assert REGISTRY["hq_vit_b"].build.decoder is HQ_DECODER and REGISTRY["mobile_sam"].build.encoder is TinyViT
+    assert pickle.loads(pickle.dumps(REGISTRY["pi_vit_b"])) == REGISTRY["pi_vit_b"]  # spawned workers get specs
+
+    def with_seeded_linear(image_encoder, extra):
+        decoder = MaskDecoder()
+        decoder.extra = extra
+        return decoder
+
+    factory = DecoderFactory(with_seeded_linear, seed=7, drawn=lambda: {"extra": nn.Linear(4, 4)})
+    spec = registered("test_seeded_decoder", SamArchitecture(ImageEncoderViT, SMALL_VIT, factory))
+    torch.manual_seed(1)
+    first = spec.build()
+    state = torch.random.get_rng_state()
+    torch.manual_seed(2)
+    second = spec.build()
+    assert torch.equal(first.mask_decoder.extra.weight, second.mask_decoder.extra.weight)
+    assert not torch.equal(first.mask_decoder.iou_token.weight, second.mask_decoder.iou_token.weight)
+    torch.manual_seed(1)
+    MaskDecoder()
+    assert torch.equal(torch.random.get_rng_state(), state)  # the seeded encoders leave the caller's state alone
+    hq = registered("test_small_hq", SamArchitecture(ImageEncoderViT, SMALL_VIT, HQ_DECODER))
+    assert hq.new_parts == ("hq",) and hq.with_encoder(depth=1).build().image_encoder.blocks.__len__() == 1
 
 
 def test_random_weights_are_seeded_and_the_same_everywhere():

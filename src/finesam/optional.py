@@ -10,7 +10,6 @@ from .errors import FinesamError
 # module -> (pip package, finesam extra)
 EXTRAS = {
     "skimage": ("scikit-image", "eval"),
-    "pycocotools": ("pycocotools", "coco"),
 }
 
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from .checkpoints import CheckpointFile, from_official_keys
 from .errors import InvalidInputError, UnknownModelError
+from .modeling.decoder_api import DecoderCapabilities
 from .modeling.high_res_head import HighResHead, rgb_embedding
 from .modeling.hq_decoder import HQMaskDecoder
 from .modeling.image_encoder import ImageEncoderViT
@@ -29,39 +31,79 @@ PI_RGB_SEED = 42
 
 
 @dataclass(frozen=True)
-class SamArchitecture:
-    """Builds the built-in models: an encoder ("vit" or "tiny_vit" with its settings) and a
-    decoder family ("sam", "hq" or "pi"). Calling it returns a fresh model in eval mode.
+class DecoderFactory:
+    """How one decoder family is built beside its image encoder.
 
-    Pi-SAM: the official ``rgb_embed`` is never trained nor saved; the official test run draws
-    it right after building the ViT and the prompt encoder under ``torch.manual_seed(42)``. We
-    build in that order under that seed (without touching the caller's random state), so that
-    an official decoder file gets exactly those values.
+    build: ``build(image_encoder, **drawn)`` returns the decoder module (it may read the
+        encoder's ``early_feature_dim``).
+    seed, drawn: parts whose official values come from a fixed seed: ``drawn()`` runs right after
+        the image and prompt encoders are built, all three under ``torch.manual_seed(seed)``
+        (the caller's random state is kept), and returns keyword arguments for ``build``.
     """
 
-    encoder: str
+    build: Callable[..., nn.Module]
+    seed: int | None = None
+    drawn: Callable[[], Mapping[str, nn.Module]] | None = None
+
+
+# Module-level functions, not lambdas: specs stay picklable (spawned worker processes).
+def _sam_decoder(image_encoder: nn.Module) -> nn.Module:
+    return MaskDecoder()
+
+
+def _hq_decoder(image_encoder: nn.Module) -> nn.Module:
+    return HQMaskDecoder(vit_dim=image_encoder.early_feature_dim)
+
+
+def _pi_decoder(image_encoder: nn.Module, rgb_embed: nn.Module) -> nn.Module:
+    return PiMaskDecoder(vit_dim=image_encoder.early_feature_dim, high_res=HighResHead(rgb_embed=rgb_embed))
+
+
+def _pi_seeded_parts() -> dict[str, nn.Module]:
+    return {"rgb_embed": rgb_embedding()}
+
+
+SAM_DECODER = DecoderFactory(_sam_decoder)
+HQ_DECODER = DecoderFactory(_hq_decoder)
+# Pi-SAM: the official ``rgb_embed`` is never trained nor saved; the official test run draws it
+# right after building the ViT and the prompt encoder under ``torch.manual_seed(42)``. Building in
+# that order under that seed gives an official decoder file exactly those values.
+PI_DECODER = DecoderFactory(_pi_decoder, seed=PI_RGB_SEED, drawn=_pi_seeded_parts)
+
+
+@contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Random draws inside come from ``seed`` (nothing changes for None); the caller's state is kept."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@dataclass(frozen=True)
+class SamArchitecture:
+    """Builds a model from an image encoder class with its settings (``ImageEncoderViT``,
+    ``TinyViT``, ...) and a :class:`DecoderFactory` (:data:`SAM_DECODER`, :data:`HQ_DECODER`,
+    :data:`PI_DECODER`, or one of your own). Calling it returns a fresh model in eval mode.
+    A factory's seeded parts (Pi-SAM's ``rgb_embed``, which no file holds) are drawn right after
+    the encoders under its seed: see :class:`DecoderFactory`.
+    """
+
+    encoder: Callable[..., nn.Module]
     encoder_config: Mapping[str, Any] = field(default_factory=dict)
-    decoder: str = "sam"
+    decoder: DecoderFactory = SAM_DECODER
 
     def with_encoder(self, **overrides: Any) -> "SamArchitecture":
         """A variant with other encoder settings (e.g. ``depth`` and ``global_attn_indexes``)."""
         return replace(self, encoder_config={**self.encoder_config, **overrides})
 
-    def _encoders(self) -> tuple[nn.Module, PromptEncoder]:
-        encoder = ImageEncoderViT if self.encoder == "vit" else TinyViT
-        return encoder(**self.encoder_config), PromptEncoder()
-
     def __call__(self) -> Sam:
-        if self.decoder == "pi":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(PI_RGB_SEED)
-                image_encoder, prompt_encoder = self._encoders()
-                rgb_embed = rgb_embedding()
-            decoder: nn.Module = PiMaskDecoder(vit_dim=image_encoder.early_feature_dim, high_res=HighResHead(rgb_embed=rgb_embed))
-        else:
-            image_encoder, prompt_encoder = self._encoders()
-            decoder = HQMaskDecoder(vit_dim=image_encoder.early_feature_dim) if self.decoder == "hq" else MaskDecoder()
-        return Sam(image_encoder, prompt_encoder, decoder).eval()
+        with _seeded(self.decoder.seed):
+            image_encoder, prompt_encoder = self.encoder(**self.encoder_config), PromptEncoder()
+            drawn = self.decoder.drawn() if self.decoder.drawn is not None else {}
+        return Sam(image_encoder, prompt_encoder, self.decoder.build(image_encoder, **drawn)).eval()
 
 
 @dataclass(frozen=True)
@@ -96,18 +138,48 @@ class ModelSpec:
     def state_shapes(self) -> tuple[dict[str, torch.Size], dict[str, torch.Size]]:
         """Key names and shapes of this model's state dict, in the official names and in the
         model's own (built once on the meta device, so without memory or time)."""
-        cached = _SHAPES.get(id(self))
+        declaration = self._declaration()
+        return declaration.official_shapes, declaration.shapes
+
+    @property
+    def capabilities(self) -> DecoderCapabilities:
+        """What this model's decoder accepts and returns, without building the model's weights."""
+        return self._declaration().capabilities
+
+    @property
+    def new_parts(self) -> tuple[str, ...]:
+        """The decoder parts this model adds over SAM (its decoder's ``new_parts``), without weights."""
+        return self._declaration().new_parts
+
+    def _declaration(self) -> "_Declaration":
+        """What a weightless build declares, built once on the meta device and kept per spec."""
+        cached = _DECLARATIONS.get(id(self))
         if cached is None or cached[0] is not self:
             with torch.device("meta"):
                 model = self.build()
             official = {k: v.shape for k, v in model.official_state_dict().items()}
-            # files in the composition's own names (state_dict() speaks the official ones)
-            shapes = (official, from_official_keys(official, model.official_key_prefixes))
-            cached = _SHAPES[id(self)] = (self, shapes)
+            declaration = _Declaration(
+                official_shapes=official,
+                # files in the composition's own names (state_dict() speaks the official ones)
+                shapes=from_official_keys(official, model.official_key_prefixes),
+                capabilities=model.capabilities,
+                new_parts=tuple(model.mask_decoder.new_parts),
+            )
+            cached = _DECLARATIONS[id(self)] = (self, declaration)
         return cached[1]
 
 
-_SHAPES: dict[int, tuple[ModelSpec, tuple[dict[str, torch.Size], dict[str, torch.Size]]]] = {}
+@dataclass(frozen=True)
+class _Declaration:
+    """What :meth:`ModelSpec._declaration` reads off a meta-device build."""
+
+    official_shapes: dict[str, torch.Size]
+    shapes: dict[str, torch.Size]
+    capabilities: DecoderCapabilities
+    new_parts: tuple[str, ...]
+
+
+_DECLARATIONS: dict[int, tuple[ModelSpec, _Declaration]] = {}
 REGISTRY: dict[str, ModelSpec] = {}
 
 
@@ -224,25 +296,29 @@ _HQ_FILES = {
 SAM_PACKAGE, HQ_PACKAGE, HQ_BASELINE = "segment_anything", "segment_anything_hq", "segment_anything_hq.baseline"
 
 
+# (name prefix, description prefix, decoder, official files, official names of that family)
+_VIT_FAMILIES = (
+    ("sam", "SAM", SAM_DECODER, _SAM_FILES, (SAM_PACKAGE, HQ_BASELINE)),
+    ("hq", "HQ-SAM", HQ_DECODER, _HQ_FILES, (HQ_PACKAGE,)),
+)
+
+
 def _register_builtins() -> None:
     for size, letter in (("vit_b", "B"), ("vit_l", "L"), ("vit_h", "H")):
-        names = ((SAM_PACKAGE, size), (HQ_BASELINE, size))
-        hq_names = ((HQ_PACKAGE, size),)
-        if size == "vit_h":  # the official packages' "default"
-            names += ((SAM_PACKAGE, "default"), (HQ_BASELINE, "default"))
-            hq_names += ((HQ_PACKAGE, "default"),)
-        register_model(f"sam_{size}", ModelSpec(SamArchitecture("vit", _VIT[size], "sam"), f"SAM ViT-{letter}",
-                                                _SAM_FILES[size], names))
-        register_model(f"hq_{size}", ModelSpec(SamArchitecture("vit", _VIT[size], "hq"), f"HQ-SAM ViT-{letter}",
-                                               _HQ_FILES[size], hq_names))
+        for prefix, family, decoder, files, packages in _VIT_FAMILIES:
+            names = tuple((package, size) for package in packages)
+            if size == "vit_h":  # the official packages' "default"
+                names += tuple((package, "default") for package in packages)
+            register_model(f"{prefix}_{size}", ModelSpec(SamArchitecture(ImageEncoderViT, _VIT[size], decoder),
+                                                         f"{family} ViT-{letter}", files[size], names))
     register_model("mobile_sam", ModelSpec(
-        SamArchitecture("tiny_vit"), "MobileSAM",
+        SamArchitecture(TinyViT), "MobileSAM",
         CheckpointFile("mobile_sam.pt", "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
                        40_728_226, "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"),
         ((SAM_PACKAGE, "vit_t"), (HQ_BASELINE, "vit_tiny")),
     ))
     register_model("hq_vit_tiny", ModelSpec(
-        SamArchitecture("tiny_vit", {}, "hq"), "Light HQ-SAM",
+        SamArchitecture(TinyViT, {}, HQ_DECODER), "Light HQ-SAM",
         CheckpointFile("sam_hq_vit_tiny.pth", _HQ_URL + "sam_hq_vit_tiny.pth", 42_526_881,
                        "0f32c075ccdd870ae54db2f7630e7a0878ede5a2b06d05d6fe02c65a82fb7196"),
         ((HQ_PACKAGE, "vit_tiny"),),
@@ -251,7 +327,7 @@ def _register_builtins() -> None:
     # (released on Google Drive only, so it has no URL here: pass decoder_checkpoint=).
     for size in ("vit_b", "vit_l", "vit_h"):
         register_model(f"pi_{size}", ModelSpec(
-            SamArchitecture("vit", _VIT[size], "pi"), f"Pi-SAM {size[-1].upper()}", _SAM_FILES[size],
+            SamArchitecture(ImageEncoderViT, _VIT[size], PI_DECODER), f"Pi-SAM {size[-1].upper()}", _SAM_FILES[size],
             decoder_file=True, kept_from_build=("mask_decoder.rgb_embed.",),
         ))
 

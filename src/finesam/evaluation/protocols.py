@@ -1,6 +1,6 @@
 """Evaluation protocols: from one :class:`~finesam.data.Sample` to predicted masks (or a click run).
 
-Each protocol works on any :class:`~finesam.predictor.SamPredictor` of a model from
+Each protocol works on any :class:`~finesam.predict.predictor.SamPredictor` of a model from
 ``finesam.load``: SAM / MobileSAM, HQ-SAM (``hq_output``, default ``"hq_only"`` as HQ-SAM's
 evaluation) and Pi-SAM. Protocols ask the decoder's declaration (``predictor.capabilities``):
 a decoder with a higher ``output_size`` has its own logits used (Pi-SAM's 1024x1024 head), one

@@ -2,11 +2,13 @@
 
 Generic code (predictor, automatic masks, sessions, evaluation, CLI, export) asks a decoder's
 :class:`DecoderCapabilities`, never its class, and reads one typed :class:`DecoderOutput`.
+:class:`MaskDecoderInterface` writes down what a decoder module offers :class:`~finesam.modeling.sam.Sam`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
 
 import torch
 
@@ -86,8 +88,9 @@ class DecoderCapabilities:
         names = {"points": "point", "boxes": "box", "masks": "mask"}
         return "/".join(names[kind] for kind in PROMPT_KINDS if kind in self.prompts)
 
-    def check_prompts(self, points: bool, boxes: bool, masks: bool, allow_none: bool = False) -> None:
-        """Raise ``ValueError`` unless this combination of prompt kinds is accepted.
+    def check_prompt_kinds(self, points: bool, boxes: bool, masks: bool, allow_none: bool = False) -> None:
+        """Raise ``ValueError`` unless this combination of prompt kinds is accepted (the
+        prompts' values are checked by ``SamPredictor.check_prompts`` and ``prompt_checks``).
 
         ``allow_none``: no prompt at all passes for a decoder trained on points (SAM's decoder
         then reads its output tokens alone, as the official models do when given nothing).
@@ -103,6 +106,55 @@ class DecoderCapabilities:
                 f"{'' if len(self.prompts) == 1 else 's'} only (its decoder was trained on them); got "
                 f"{', '.join(sorted(given)) or 'no prompt'}.{hint}"
             )
+
+
+    @property
+    def default_output_mode(self) -> str | None:
+        """The HQ output mode used when none is asked for (None: the decoder has no HQ token)."""
+        return self.output_modes[0] if self.output_modes else None
+
+    @property
+    def takes_multimask(self) -> bool:
+        """Whether ``OutputMode.multimask`` means anything to this decoder: SAM's 3 candidates or
+        HQ's best-of-3 SAM choice (False for a decoder that returns one mask whatever the flag,
+        as Pi-SAM's); the default of ``multimask_output`` where the caller gives none."""
+        return self.multimask or bool(self.output_modes)
+
+    def multimask_matters(self, hq: str | None = None) -> bool:
+        """Whether ``OutputMode.multimask`` changes the result in HQ mode ``hq`` (None: the
+        default mode): as :attr:`takes_multimask`, except in "candidates" (always K = 3)."""
+        return self.takes_multimask and (hq or self.default_output_mode) != "candidates"
+
+    def check_output_mode(self, hq: str | None, parameter: str = "hq_output", model: str = "this model") -> None:
+        """Raise ``ValueError`` unless ``hq`` (an ``OutputMode.hq`` name, or None for the default)
+        is one of this decoder's output modes; the message names ``parameter`` and ``model`` and
+        lists the allowed modes."""
+        if hq is not None and hq not in self.output_modes:
+            allowed = ", ".join(self.output_modes) or "none (it is not an HQ model)"
+            raise InvalidInputError(f"{parameter} {hq!r} is not an output mode of {model}; allowed: {allowed}")
+
+    def to_metadata(self) -> dict[str, Any]:
+        """This declaration as plain JSON values (what an ONNX export stores in its metadata)."""
+        return {
+            "prompts": sorted(self.prompts),
+            "multimask": self.multimask,
+            "output_modes": list(self.output_modes),
+            "output_size": self.output_size,
+            "corrects_clicks": self.corrects_clicks,
+            "encoder_features": sorted(self.encoder_features),
+        }
+
+    @classmethod
+    def from_metadata(cls, values: Mapping[str, Any]) -> "DecoderCapabilities":
+        """The declaration :meth:`to_metadata` wrote; missing keys are refused."""
+        missing = sorted(set(cls().to_metadata()) - set(values))
+        if missing:
+            raise InvalidInputError(f"the decoder capabilities metadata lacks {missing}: export the model again with this finesam")
+        return cls(
+            prompts=frozenset(values["prompts"]), multimask=bool(values["multimask"]),
+            output_modes=tuple(values["output_modes"]), output_size=int(values["output_size"]),
+            corrects_clicks=bool(values["corrects_clicks"]), encoder_features=frozenset(values["encoder_features"]),
+        )
 
     def check_mode(self, mode: OutputMode) -> None:
         """Raise ``ValueError`` for an HQ output mode this decoder does not have."""
@@ -153,6 +205,41 @@ class DecoderOutput:
     sam_scores: torch.Tensor | None = None
     hq_logits: torch.Tensor | None = None
     state: CorrectionState | None = None
+
+
+@runtime_checkable
+class MaskDecoderInterface(Protocol):
+    """What :class:`~finesam.modeling.sam.Sam` needs of its ``mask_decoder`` (any ``nn.Module``
+    with these members; no base class to inherit).
+
+    capabilities: what it accepts and returns; generic code reads only this.
+    official_prefixes: (official key prefix, module key prefix) pairs under ``mask_decoder.``
+        where its state dict names differ from the official checkpoints'.
+    new_parts: its submodules added over SAM's decoder (what training on a frozen SAM learns,
+        what ``init_missing`` may leave fresh).
+    """
+
+    capabilities: ClassVar[DecoderCapabilities]
+    official_prefixes: ClassVar[tuple[tuple[str, str], ...]]
+    new_parts: ClassVar[tuple[str, ...]]
+
+    def __call__(self, features: "ImageFeatures", image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+                 mode: OutputMode = ...) -> DecoderOutput:
+        """B prompts on the image features: features.embedding (B_img, 256, 64, 64), image_pe
+        (1, 256, 64, 64), sparse (B, N, 256) and dense (B, 256, 64, 64) prompt embeddings ->
+        :class:`DecoderOutput` in ``mode`` (checked with ``capabilities.check_mode``)."""
+        ...
+
+
+@runtime_checkable
+class ClickCorrectingDecoder(MaskDecoderInterface, Protocol):
+    """A decoder that declares ``corrects_clicks``: it also corrects an earlier prediction."""
+
+    def correct(self, state: CorrectionState, points: torch.Tensor, flags: torch.Tensor,
+                padding: torch.Tensor | None = None) -> DecoderOutput:
+        """points (B, N, 2) in [0, 1] of the padded frame, flags (B, N) 1 foreground / 0
+        background, padding (B, N) True for unused slots -> corrected :class:`DecoderOutput`."""
+        ...
 
 
 def broadcast_to_prompts(image_tensor: torch.Tensor, prompts: int) -> torch.Tensor:

@@ -130,7 +130,7 @@ class Sam(nn.Module):
         not declare, and values that cannot give a finite mask (see
         :func:`~finesam.modeling.prompt_checks.check_model_prompts`), are refused.
         """
-        self.capabilities.check_prompts(points is not None, boxes is not None, mask_input is not None, allow_none=True)
+        self.capabilities.check_prompt_kinds(points is not None, boxes is not None, mask_input is not None, allow_none=True)
         check_model_prompts(points, boxes, mask_input, self.image_size)
         sparse, dense = self.prompt_encoder(points, boxes, mask_input)
         return self.mask_decoder(features, self.prompt_encoder.get_dense_pe(), sparse, dense, mode)

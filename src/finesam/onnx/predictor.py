@@ -286,7 +286,7 @@ class OnnxPredictor(SamPredictor):
         if (point_coords is None) != (point_labels is None):
             raise InvalidInputError("point_coords and point_labels go together: pass both, or neither")
         self._check_mode(OutputMode.from_flags(multimask_output, hq_token_only, hq_output))
-        self.capabilities.check_prompts(point_coords is not None, boxes is not None, mask_input is not None)
+        self.capabilities.check_prompt_kinds(point_coords is not None, boxes is not None, mask_input is not None)
         points = (point_coords, point_labels) if point_coords is not None else None
         check_model_prompts(points, boxes, mask_input, self.model.image_size)
         count = next(t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None)

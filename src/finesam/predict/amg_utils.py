@@ -18,11 +18,9 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from ..optional import require
+from ..formats.rle import compress_counts
 
 Rle = dict  # {"size": [H, W], "counts": list[int]}
-
-COCO_RLE_FEATURE = "output_mode='coco_rle' (or use output_mode='uncompressed_rle' and encode later)"
 
 
 class MaskData:
@@ -270,12 +268,10 @@ def area_from_rle(rle: Rle) -> int:
 
 
 def coco_encode_rle(rle: Rle) -> dict:
-    """Uncompressed RLE -> pycocotools' compressed RLE, ``counts`` as a str (JSON-friendly)."""
-    mask_utils = require("pycocotools.mask", COCO_RLE_FEATURE)
+    """Uncompressed RLE -> compressed COCO RLE, ``counts`` as a str (JSON-friendly): the string
+    pycocotools gives (see :mod:`finesam.formats.rle`)."""
     height, width = rle["size"]
-    encoded = mask_utils.frPyObjects(rle, height, width)
-    encoded["counts"] = encoded["counts"].decode("utf-8")
-    return encoded
+    return {"size": [height, width], "counts": compress_counts(rle["counts"])}
 
 
 # --- post-processing -----------------------------------------------------------------------

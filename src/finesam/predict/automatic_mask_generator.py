@@ -23,9 +23,7 @@ from ..errors import InvalidInputError
 from ..modeling.decoder_api import OutputMode
 from ..modeling.sam import Sam
 from ..ops.nms import batched_nms
-from ..optional import require
 from .amg_utils import (
-    COCO_RLE_FEATURE,
     MaskData,
     area_from_rle,
     batch_iterator,
@@ -80,7 +78,7 @@ class AutomaticMaskGenerator:
         min_mask_region_area: > 0 fills holes and removes islands smaller than this (pixels),
             then re-runs NMS.
         output_mode: "binary_mask" ((H, W) bool arrays), "uncompressed_rle" or "coco_rle"
-            (needs pycocotools).
+            (compressed, as pycocotools writes it; pycocotools is not needed).
         multimask_output: 3 masks per point for SAM models (HQ models: see
             :class:`~finesam.modeling.decoder_api.OutputMode`).
         hq_token_only / hq_output: HQ models only, as in :meth:`SamPredictor.predict`;
@@ -129,8 +127,6 @@ class AutomaticMaskGenerator:
                 raise InvalidInputError(f"{name} must be a number, got {value!r}")
         if output_mode not in OUTPUT_MODES:
             raise InvalidInputError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
-        if output_mode == "coco_rle":
-            require("pycocotools.mask", COCO_RLE_FEATURE)
 
         self.point_grids = _point_grids(points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor)
         self.predictor = SamPredictor(model, keep_early_feature=False)

@@ -280,7 +280,7 @@ class SamPredictor:
                 box_np = self.transform.apply_boxes(box_np, original_size)
                 boxes = torch.as_tensor(box_np, dtype=torch.float32)
         if coords is not None or boxes is not None:  # a mask_input alone is checked when decoding
-            self.capabilities.check_prompts(coords is not None, boxes is not None, False)
+            self.capabilities.check_prompt_kinds(coords is not None, boxes is not None, False)
         height, width = original_size
         check_model_prompts((coords, labels) if coords is not None else None, boxes, None, self.model.image_size,
                             hint=f" (image {width}x{height})")
