@@ -31,7 +31,7 @@ import torch
 
 import finesam
 from finesam.data.images import read_image
-from bench_predictor import interleaved  # benchmarks/ is on sys.path when run as a script
+from common import interleaved  # benchmarks/ is on sys.path when run as a script
 from finesam.onnx import OnnxPredictor, export_onnx
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

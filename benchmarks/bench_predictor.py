@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (  # benchmarks/ is on sys.path as a script; bench_onnx.py imports interleaved from here
+from common import (  # benchmarks/ is on sys.path when run as a script
     DEFAULT_IMAGE,
     box_for,
     interleaved,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
 
 from ..devices import DEVICE_CHOICES, resolve_device
 from ..errors import InvalidInputError
@@ -56,12 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.images is not None:
         ImageFolder(args.images)  # refuse a missing folder before loading the model
-    if args.hq_output is not None:
-        with torch.device("meta"):  # the model's declaration, without weights or time
-            modes = get_spec(args.model).build().capabilities.output_modes
-        if args.hq_output not in modes:
-            raise InvalidInputError(f"--hq-output {args.hq_output!r} is not an output mode of {args.model}; "
-                                    f"allowed: {', '.join(modes) or 'none (it is not an HQ model)'}")
+    get_spec(args.model).capabilities.check_output_mode(args.hq_output, "--hq-output", args.model)
     device = resolve_device(args.device)
     options = {"decoder_checkpoint": args.decoder_checkpoint} if args.decoder_checkpoint else {}
     if args.random_weights:

@@ -97,7 +97,7 @@ class HQMaskDecoder(ComposedDecoder):
         """Logits (B, K, 256, 256) and SAM's predicted IoU (B, K); shapes as :meth:`MaskDecoder.forward`."""
         self.capabilities.check_mode(mode)
         sam_masks, iou, hq_mask = self.decode_all(features, image_pe, sparse, dense)
-        hq = mode.hq or self.capabilities.output_modes[0]
+        hq = mode.hq or self.capabilities.default_output_mode
         if hq == "candidates":
             logits, scores = sam_masks[:, 1:] + hq_mask, iou[:, 1:]
         elif hq == "sam_only":

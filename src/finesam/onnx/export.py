@@ -114,9 +114,9 @@ def export_mode(model: Sam, multimask: bool | None = None, hq_token_only: bool |
             "single_mask (the official return_single_mask) applies to SAM and MobileSAM graphs; this model's decoder graph "
             "returns one mask already" + (" (choose it with multimask and hq_output)" if capabilities.output_modes else ""))
     if multimask is None:
-        multimask = capabilities.multimask or bool(capabilities.output_modes)
-    elif multimask and not (capabilities.multimask or capabilities.output_modes):
-        raise InvalidInputError("this model's decoder returns one mask per prompt; export it without --multimask")
+        multimask = capabilities.takes_multimask
+    elif multimask and not capabilities.takes_multimask:
+        raise InvalidInputError("this model's decoder returns one mask per prompt; export it without multimask")
     mode = OutputMode.from_flags(multimask, hq_token_only, hq_output)
     capabilities.check_mode(mode)
     return GraphMode(mode)
@@ -130,7 +130,6 @@ def check_opset(opset: int) -> None:
 
 def _metadata(model: Sam, mode: GraphMode, model_name: str, random_weights: bool, opset: int, layout: str,
               quantize: str | None) -> dict:
-    capabilities = model.capabilities
     return {
         "format": FORMAT_VERSION,
         "layout": layout,
@@ -144,14 +143,7 @@ def _metadata(model: Sam, mode: GraphMode, model_name: str, random_weights: bool
         "pixel_mean": model.pixel_mean.flatten().tolist(),
         "pixel_std": model.pixel_std.flatten().tolist(),
         "mode": mode.as_dict(),
-        "capabilities": {
-            "prompts": sorted(capabilities.prompts),
-            "multimask": capabilities.multimask,
-            "output_modes": list(capabilities.output_modes),
-            "output_size": capabilities.output_size,
-            "corrects_clicks": capabilities.corrects_clicks,
-            "encoder_features": sorted(capabilities.encoder_features),
-        },
+        "capabilities": model.capabilities.to_metadata(),
     }
 
 

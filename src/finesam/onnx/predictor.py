@@ -117,12 +117,7 @@ class ExportedModel:
         or malformed entry is refused with the file's name."""
         metadata = self.metadata
         try:
-            caps = metadata["capabilities"]
-            self.capabilities = DecoderCapabilities(
-                prompts=frozenset(caps["prompts"]), multimask=bool(caps["multimask"]),
-                output_modes=tuple(caps["output_modes"]), output_size=int(caps["output_size"]),
-                corrects_clicks=bool(caps["corrects_clicks"]), encoder_features=frozenset(caps["encoder_features"]),
-            )
+            self.capabilities = DecoderCapabilities.from_metadata(metadata["capabilities"])
             mode = dict(metadata["mode"])
             # SAM graphs: "all" 4 tokens or the official "single" mask (graphs.SAM_TOKENS); None for the others.
             self.tokens = mode.pop("tokens", None)
@@ -260,10 +255,9 @@ class OnnxPredictor(SamPredictor):
             raise self._single_mask_refusal(True)
         if self.model.tokens is not None:  # SAM graphs: either multimask mode from the 4 tokens
             return
-        default_hq = capabilities.output_modes[0] if capabilities.output_modes else None
+        default_hq = capabilities.default_output_mode
         hq, exported_hq = mode.hq or default_hq, exported.hq or default_hq
-        multimask_matters = (capabilities.multimask or capabilities.output_modes) and hq != "candidates"
-        if hq != exported_hq or (multimask_matters and mode.multimask != exported.multimask):
+        if hq != exported_hq or (capabilities.multimask_matters(hq) and mode.multimask != exported.multimask):
             def describe(multimask: bool, hq_mode: str | None) -> str:
                 return f"multimask_output={multimask}" + (f", hq_output={hq_mode!r}" if hq_mode else "")
 

@@ -8,11 +8,9 @@ import torch
 from ..errors import CallOrderError, InvalidInputError
 from ..modeling.decoder_api import CorrectionState, DecoderCapabilities, OutputMode
 from ..modeling.features import ImageFeatures
-from ..modeling.prompt_checks import FRAME_MARGIN, check_model_prompts
+from ..modeling.prompt_checks import FRAME_MARGIN, VALID_LABELS, check_model_prompts
 from ..modeling.sam import Sam
 from .transforms import ResizeLongestSide
-
-VALID_LABELS = (-1, 0, 1)
 
 
 def _as_real_array(name: str, values, dtype=np.float64) -> np.ndarray:

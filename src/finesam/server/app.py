@@ -252,11 +252,7 @@ def create_app(
     if cache_mb < 0 or max_upload_mb <= 0:
         raise InvalidInputError(f"--cache-mb must be >= 0 and --max-upload-mb > 0, got {cache_mb} and {max_upload_mb}")
     caps = model.capabilities
-    if hq_output is not None and hq_output not in caps.output_modes:
-        allowed = ", ".join(caps.output_modes) or "none (it is not an HQ model)"
-        raise InvalidInputError(f"--hq-output {hq_output!r} is not an output mode of {model_name or 'this model'}; allowed: {allowed}")
-    max_pixels = pixel_limit(max_pixels)
-    folder = ImageFolder(images_dir) if images_dir is not None else None
+    caps.check_output_mode(hq_output, "hq_output", model_name or "this model")
     annotator = Annotator(model, cache if cache is not None else FeatureCache(int(cache_mb * 1e6)), hq_output)
     upload_limit = int(max_upload_mb * 1e6)
 

@@ -447,9 +447,7 @@ class Annotator:
 
     def set_hq_output(self, browser: BrowserSession, image_id: str, mode: str | None) -> OpenImage:
         """Choose the HQ output mode of the session's following steps, on every image (HQ models)."""
-        if mode is not None and mode not in self.capabilities.output_modes:
-            allowed = ", ".join(self.capabilities.output_modes) or "none: this model has no HQ output modes"
-            raise InvalidInputError(f"hq_output {mode!r} is not an output mode of this model; allowed: {allowed}")
+        self.capabilities.check_output_mode(mode)
         with browser.lock:
             opened = browser.image(image_id)
             browser.hq_output = mode
