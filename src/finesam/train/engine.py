@@ -291,9 +291,10 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
     augmentation = Augmentation(scale_range=recipe.scale_range, truncate_to_uint8=recipe.truncate_to_uint8)
     dataset = TrainingSet(config.data, augmentation, seed=config.seed)
     check_training_data(dataset)  # every file's header, before the model loads
+    if context.is_main:
+        remove_partial_writes(out)  # an interrupted write's temporary files are never used again
     last_state = read_last(out / LAST, settings) if config.resume else None
     if context.is_main:
-        remove_partial_writes(out)
         write_text_atomically(out / RUN_INFO, json.dumps({"settings": settings, "command": config_record(config)}, indent=1) + "\n")
     if len(dataset) < batch_size * context.world_size:
         raise InvalidInputError(
