@@ -294,8 +294,6 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
     if context.is_main:
         remove_partial_writes(out)  # an interrupted write's temporary files are never used again
     last_state = read_last(out / LAST, settings) if config.resume else None
-    if context.is_main:
-        write_text_atomically(out / RUN_INFO, json.dumps({"settings": settings, "command": config_record(config)}, indent=1) + "\n")
     if len(dataset) < batch_size * context.world_size:
         raise InvalidInputError(
             f"{len(dataset)} training images cannot fill one step of {batch_size} x {context.world_size} processes; "
@@ -304,6 +302,8 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
     if config.val:
         open_validation_sets(config.val)
     model = build_model(config, recipe, device)
+    if context.is_main:  # the first file of the run, once every option and the model are accepted
+        write_text_atomically(out / RUN_INFO, json.dumps({"settings": settings, "command": config_record(config)}, indent=1) + "\n")
     cache = None
     if config.cache_features:
         cache = FeatureCache.prepare(Path(config.cache_features), model, dataset, config, settings, context,
