@@ -154,3 +154,96 @@ def test_bfloat16_encoder_keeps_float32_outputs():
     with torch.no_grad():
         features = model.encode_image(torch.rand(1, 3, 1024, 768) * 255)
     assert features.embedding.dtype == torch.float32 and features.embedding.shape == (1, 256, 64, 64)
+
+
+# --- decoder-only files: the official HQ-SAM training output (epoch_N.pth) ----------------------
+SMALL_VIT = dict(depth=1, embed_dim=64, num_heads=2, global_attn_indexes=(0,))
+
+
+@pytest.fixture(scope="module")
+def official_hq_training_files(tmp_path_factory):
+    """A depth-reduced official SAM file (segment_anything) and the decoder file the official HQ-SAM
+    train.py saves (``net.module.state_dict()``: the keys of its MaskDecoderHQ, no prefix), both seeded."""
+    pytest.importorskip("segment_anything")
+    sam_hq = pytest.importorskip("segment_anything_hq")
+    from segment_anything.build_sam import _build_sam as build_official_sam
+    from segment_anything_hq.build_sam import _build_sam as build_official_hq
+
+    folder = tmp_path_factory.mktemp("official_hq")
+    arguments = (SMALL_VIT["embed_dim"], SMALL_VIT["depth"], SMALL_VIT["num_heads"], list(SMALL_VIT["global_attn_indexes"]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        sam = build_official_sam(*arguments)
+        torch.manual_seed(12)
+        trained_decoder = build_official_hq(*arguments).mask_decoder  # SAM's parts differ from the SAM file's too
+    torch.save(sam.state_dict(), folder / "sam_small.pth")
+    torch.save(trained_decoder.state_dict(), folder / "epoch_11.pth")
+    return folder, sam.state_dict(), trained_decoder.state_dict(), sam_hq
+
+
+def test_official_hq_decoder_file_replaces_the_sam_decoder(tmp_path, official_hq_training_files):
+    folder, sam_state, decoder_state, sam_hq = official_hq_training_files
+    spec = get_spec("hq_vit_b").with_encoder(**SMALL_VIT)
+    model = finesam.load(spec, folder / "sam_small.pth", decoder_checkpoint=folder / "epoch_11.pth")
+    merged = model.official_state_dict()
+    # the official merge: the SAM file with its mask_decoder.* keys replaced by the decoder file's
+    expected = {**{k: v for k, v in sam_state.items() if not k.startswith("mask_decoder.")},
+                **{f"mask_decoder.{k}": v for k, v in decoder_state.items()}}
+    assert merged.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(merged[key], expected[key]), key
+    # finesam.save writes the merged full file, which the official package loads strictly
+    saved = finesam.save(model, tmp_path / "sam_hq_merged.pth")
+    from segment_anything_hq.build_sam import _build_sam as build_official_hq
+
+    official = build_official_hq(SMALL_VIT["embed_dim"], SMALL_VIT["depth"], SMALL_VIT["num_heads"], list(SMALL_VIT["global_attn_indexes"]))
+    official.load_state_dict(torch.load(saved, weights_only=True), strict=True)
+
+
+def test_wrong_decoder_files_are_refused_clearly(tmp_path, official_hq_training_files):
+    from segment_anything_hq.modeling import MaskDecoderHQ, TwoWayTransformer
+
+    folder, _, _, _ = official_hq_training_files
+    # a ViT-B decoder (early feature width 768) beside a ViT-L SAM (width 1024; depth-reduced)
+    vit_b_decoder = MaskDecoderHQ(transformer_dim=256, transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+                                  vit_dim=768)
+    torch.save(vit_b_decoder.state_dict(), tmp_path / "epoch_vit_b.pth")
+    vit_l = get_spec("hq_vit_l").with_encoder(depth=1, global_attn_indexes=(0,))
+    sam_vit_l = {k: v for k, v in finesam.load(vit_l, random_weights=True).official_state_dict().items()
+                 if not k.startswith(tuple(f"mask_decoder.{p}" for p in ("hf_", "compress_vit_feat", "embedding_")))}
+    torch.save(sam_vit_l, tmp_path / "sam_vit_l_small.pth")
+    with pytest.raises(CheckpointError) as error:
+        finesam.load(vit_l, tmp_path / "sam_vit_l_small.pth", decoder_checkpoint=tmp_path / "epoch_vit_b.pth")
+    message = str(error.value)
+    assert "epoch_vit_b.pth" in message and "an HQ-SAM decoder for ViT-B" in message
+    assert "mask_decoder.compress_vit_feat.0.weight: file (768, 256, 2, 2) vs model (1024, 256, 2, 2)" in message
+    small = get_spec("hq_vit_b").with_encoder(**SMALL_VIT)
+    # a Pi-SAM decoder file ({'model_state_dict': ...}) for an HQ model
+    pi_state = finesam.load(get_spec("pi_vit_b").with_encoder(**SMALL_VIT), random_weights=True).official_state_dict()
+    pi_decoder = {k[len("mask_decoder."):]: v for k, v in pi_state.items() if k.startswith("mask_decoder.") and "rgb_embed" not in k}
+    torch.save({"model_state_dict": pi_decoder}, tmp_path / "pi_decoder.pth")
+    with pytest.raises(CheckpointError, match=r"pi_decoder.pth' does not fit the decoder of hq_vit_b \(it looks like a Pi-SAM decoder file\)"):
+        finesam.load(small, folder / "sam_small.pth", decoder_checkpoint=tmp_path / "pi_decoder.pth")
+    # a whole file passed as the decoder file
+    with pytest.raises(CheckpointError, match="whole-model file"):
+        finesam.load(small, folder / "sam_small.pth", decoder_checkpoint=folder / "sam_small.pth")
+    # a truncated decoder file
+    data = (folder / "epoch_11.pth").read_bytes()
+    (tmp_path / "epoch_cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="epoch_cut.pth.*damaged or truncated"):
+        finesam.load(small, folder / "sam_small.pth", decoder_checkpoint=tmp_path / "epoch_cut.pth")
+
+
+def test_loading_neither_uses_nor_changes_the_global_random_state(official_hq_training_files):
+    """A SAM file for an HQ model with init_missing: the HQ parts come from ``seed``, whatever the caller's state."""
+    folder, _, _, _ = official_hq_training_files
+    spec = get_spec("hq_vit_b").with_encoder(**SMALL_VIT)
+    states = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            states.append(finesam.load(spec, folder / "sam_small.pth", init_missing="hq", seed=5).official_state_dict())
+        assert torch.equal(before, torch.get_rng_state())
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])

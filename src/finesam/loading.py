@@ -10,6 +10,7 @@ import torch
 
 from .checkpoints import (
     CheckpointError,
+    check_decoder_file,
     check_state_dict,
     find_checkpoint,
     from_official_keys,
@@ -48,6 +49,24 @@ def build_seeded(spec: ModelSpec, seed: int = RANDOM_WEIGHTS_SEED) -> Sam:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return spec.build()
+
+
+# The early-feature width of an HQ decoder file (compress_vit_feat's first weight) names its backbone.
+_HQ_BACKBONE_BY_WIDTH = {160: "TinyViT (hq_vit_tiny)", 768: "ViT-B", 1024: "ViT-L", 1280: "ViT-H"}
+
+
+def describe_decoder_file(state: dict[str, torch.Tensor]) -> str:
+    """Which decoder a decoder-only state dict (official names, any prefix) looks like, for errors."""
+    keys = {key.removeprefix("mask_decoder.") for key in state}
+    if any(key.startswith("interact_2.") for key in keys):
+        return "a Pi-SAM decoder file"
+    early = state.get("compress_vit_feat.0.weight", state.get("mask_decoder.compress_vit_feat.0.weight"))
+    if early is not None and early.ndim == 4:
+        backbone = _HQ_BACKBONE_BY_WIDTH.get(int(early.shape[0]), f"a backbone of width {int(early.shape[0])}")
+        return f"an HQ-SAM decoder for {backbone}"
+    if "transformer.layers.0.self_attn.q_proj.weight" in keys:
+        return "a plain SAM mask decoder (no HQ keys)"
+    return "no known SAM-family decoder"
 
 
 def _part_prefixes(model: Sam, parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -95,10 +114,14 @@ def load(
             written by :func:`save` or ``torch.save(model.state_dict())``. ``None`` looks in
             ``$FINESAM_CHECKPOINTS`` and ``~/.cache/finesam`` and downloads the official file
             (for Pi-SAM: the SAM file of the same backbone).
-        decoder_checkpoint: models whose decoder comes in its own file (Pi-SAM: the official
-            decoder file, ``{'model_state_dict': ...}`` with 270 keys). Its ``rgb_embed`` is not
-            in that file; see :class:`~finesam.registry.SamArchitecture`. A finesam Pi
-            checkpoint (all keys) loads with ``checkpoint`` alone.
+        decoder_checkpoint: a decoder-only file beside the SAM ``checkpoint``, in official key
+            names without the ``mask_decoder.`` prefix: the official HQ-SAM training output
+            (``epoch_N.pth``, the state dict of its ``MaskDecoderHQ``) or Pi-SAM's decoder file
+            (``{'model_state_dict': ...}`` with 270 keys; its ``rgb_embed`` is not in it, see
+            :class:`~finesam.registry.SamArchitecture`). Its keys replace every
+            ``mask_decoder.*`` key of ``checkpoint`` (SAM's decoder parts included), as the
+            official merge does. A whole finesam or official HQ/Pi file loads with
+            ``checkpoint`` alone.
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA, then MPS, then the
             CPU); a device this machine lacks is refused before any work.
         dtype: dtype of the image encoder (``torch.bfloat16`` is faster on GPUs and on CPUs
@@ -106,6 +129,9 @@ def load(
             and a warning says so); the prompt encoder and decoders stay float32.
         random_weights: with no checkpoint, keep freshly initialised weights, drawn from
             ``seed`` (default :data:`RANDOM_WEIGHTS_SEED` = 0, as ``--random-weights``).
+        seed: with ``random_weights`` or ``init_missing``, the seed of the fresh weights (the
+            model is always built under its own generator: the caller's random state is
+            neither used nor changed).
         init_missing: a decoder part (or parts) that the model adds over SAM, e.g. ``"hq"``: a
             plain SAM file may then lack those keys, which keep their fresh initialisation (to
             train them); a warning lists what was initialised.
@@ -115,8 +141,6 @@ def load(
     spec = get_spec(name)
     device = resolve_device(device)
     _warn_if_slow_dtype(dtype, device)
-    if decoder_checkpoint is not None and not spec.decoder_file:
-        raise InvalidInputError(f"decoder_checkpoint is for Pi-SAM models (whose decoder comes in its own file), not {spec.name}")
     if random_weights:
         if checkpoint is not None or decoder_checkpoint is not None:
             raise InvalidInputError("random_weights=True and a checkpoint exclude each other")
@@ -124,9 +148,9 @@ def load(
         _init_missing_prefixes(model, spec, init_missing)
         model.image_encoder.to(dtype=dtype)
         return model.to(device).eval()
-    if seed is not None:
-        raise InvalidInputError("seed applies to random_weights=True only")
-    model = spec.build()
+    if seed is not None and init_missing is None:
+        raise InvalidInputError("seed applies to random_weights=True or init_missing only (the weights it draws)")
+    model = build_seeded(spec, RANDOM_WEIGHTS_SEED if seed is None else seed)
     prefixes = model.official_key_prefixes
     allow = _init_missing_prefixes(model, spec, init_missing)
     if checkpoint is None:
@@ -135,7 +159,10 @@ def load(
     source = repr(str(checkpoint))
     expected = model.official_state_dict()
     if decoder_checkpoint is not None:
-        state = merge_decoder_file(state, read_state_dict(decoder_checkpoint))
+        decoder_state = read_state_dict(decoder_checkpoint)
+        check_decoder_file(expected, decoder_state, spec.name, repr(str(decoder_checkpoint)), spec.kept_from_build,
+                           describe_decoder_file)
+        state = merge_decoder_file(state, decoder_state)
         source = f"{source} + decoder {str(decoder_checkpoint)!r}"
         allow += spec.kept_from_build
     state = to_official_keys(from_official_keys(state, prefixes), prefixes)  # files in our own names too

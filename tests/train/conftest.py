@@ -72,3 +72,21 @@ def subprocess_env() -> dict:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def official_sam_file(tmp_path_factory) -> Path:
+    """A seeded SAM file in the official layout (``segment_anything``'s own state dict) with the
+    small models' encoder: the real ``--init`` of the HQ and Pi recipes, whose new parts it lacks."""
+    import torch
+
+    pytest.importorskip("segment_anything")
+    from segment_anything.build_sam import _build_sam
+
+    path = tmp_path_factory.mktemp("official_sam") / "sam_small.pth"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2024)
+        sam = _build_sam(SMALL_ENCODER["embed_dim"], SMALL_ENCODER["depth"], SMALL_ENCODER["num_heads"],
+                         list(SMALL_ENCODER["global_attn_indexes"]))
+    torch.save(sam.state_dict(), path)
+    return path

@@ -136,9 +136,17 @@ def test_wider_trainable_set(tmp_path, small_models, few_images):
     assert not any(key.startswith(("image_encoder.", "prompt_encoder.")) for key in changed)
 
 
-def _cli(runner_script, *args: str) -> list[str]:
-    return [PYTHON, str(runner_script), "train", "--recipe", "hq", "--model", "train_test_hq", "--random-weights",
+def _cli(runner_script, *args: str, start: tuple[str, ...] = ("--random-weights",)) -> list[str]:
+    return [PYTHON, str(runner_script), "train", "--recipe", "hq", "--model", "train_test_hq", *start,
             "--workers", "0", "--quiet", "--seed", "3", *args]
+
+
+@pytest.fixture(params=["random-weights", "init"])
+def start(request) -> tuple[str, ...]:
+    """How a run starts: a seeded random base, or a real SAM file whose HQ parts are drawn from --seed."""
+    if request.param == "init":
+        return ("--init", str(request.getfixturevalue("official_sam_file")))
+    return ("--random-weights",)
 
 
 def _trainable(path) -> dict:
@@ -151,7 +159,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, small_models, few_images, runner_script):
+def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, small_models, few_images, runner_script, start):
     """DDP with gloo (2 x batch 1) and gradient accumulation (2 x batch 1) both equal batch 2."""
     common = ["--data", f"few={few_images}", "--max-steps", "5", "--cache-features", str(tmp_path / "cache")]
 
@@ -159,29 +167,32 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, small_mo
         done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
 
-    run(_cli(runner_script, *common, "--batch-size", "2", "--out", str(tmp_path / "one")))
+    run(_cli(runner_script, *common, "--batch-size", "2", "--out", str(tmp_path / "one"), start=start))
     torchrun = [PYTHON, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                 "--master-port", str(free_port()), str(runner_script)]
-    run(torchrun + _cli(runner_script, *common, "--batch-size", "1", "--out", str(tmp_path / "two"))[2:])
-    run(_cli(runner_script, *common, "--batch-size", "1", "--accumulate", "2", "--out", str(tmp_path / "accumulated")))
+    run(torchrun + _cli(runner_script, *common, "--batch-size", "1", "--out", str(tmp_path / "two"), start=start)[2:])
+    others = ["two"]
+    if start == ("--random-weights",):  # accumulation does not depend on how the run starts
+        run(_cli(runner_script, *common, "--batch-size", "1", "--accumulate", "2", "--out", str(tmp_path / "accumulated")))
+        others.append("accumulated")
     one = _trainable(tmp_path / "one" / LAST)
     initial = finesam.load("train_test_hq", random_weights=True, seed=3).state_dict()
     assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 1e-4  # five steps did move the weights
-    for other in ("two", "accumulated"):
+    for other in others:
         weights = _trainable(tmp_path / other / LAST)
         assert weights.keys() == one.keys()
         worst = max(float((one[k] - weights[k]).abs().max()) for k in one)
         assert worst <= 1e-5, (other, worst)
 
 
-def test_resume_after_sigkill_is_bit_identical(tmp_path, small_models, few_images, runner_script):
+def test_resume_after_sigkill_is_bit_identical(tmp_path, small_models, few_images, runner_script, start):
     common = ["--data", f"few={few_images}", "--max-steps", "6", "--batch-size", "1", "--save-every", "1",
               "--cache-features", str(tmp_path / "cache")]
-    whole = subprocess.run(_cli(runner_script, *common, "--out", str(tmp_path / "whole")), env=subprocess_env(),
+    whole = subprocess.run(_cli(runner_script, *common, "--out", str(tmp_path / "whole"), start=start), env=subprocess_env(),
                            capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(_cli(runner_script, *common, "--out", str(killed_dir)), env=subprocess_env(),
+    process = subprocess.Popen(_cli(runner_script, *common, "--out", str(killed_dir), start=start), env=subprocess_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
@@ -194,7 +205,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, small_models, few_image
     process.wait()
     steps_at_kill = len((killed_dir / METRICS).read_text().splitlines())
     assert 3 <= steps_at_kill < 6
-    resumed = subprocess.run(_cli(runner_script, *common, "--out", str(killed_dir), "--resume"), env=subprocess_env(),
+    resumed = subprocess.run(_cli(runner_script, *common, "--out", str(killed_dir), "--resume", start=start), env=subprocess_env(),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     expected, got = _trainable(tmp_path / "whole" / LAST), _trainable(killed_dir / LAST)
@@ -214,3 +225,52 @@ def test_cached_features_match_the_encoder(tmp_path, hq_run, few_images):
     manifest = next((tmp_path / "cache").glob("*/manifest.json"))
     errors = json.loads(manifest.read_text())["storage_error"]
     assert 0 < errors["embedding"] < 1e-2 and errors["label"] < 1e-3
+
+
+def test_resume_refuses_another_frozen_base_or_arithmetic(tmp_path, small_models, few_images, official_sam_file):
+    """--resume checks the init source (path and content hash) and every option that changes the numbers."""
+    import shutil
+    import warnings
+
+    init = tmp_path / "sam.pth"
+    shutil.copy(official_sam_file, init)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the HQ keys the SAM file lacks
+        train(config(tmp_path, few_images, random_weights=False, init=init, max_steps=1))
+    resume = dict(resume=True, max_steps=2)
+    for overrides, named in ((dict(random_weights=True), "random_weights: False -> True"), (dict(init=init, bf16=True), "bf16: False -> True"),
+                             (dict(init=init, seed=8), "seed: 7 -> 8")):
+        settings = {**dict(random_weights=False, init=init), **overrides}
+        if settings.get("random_weights"):
+            settings["init"] = None
+        with pytest.raises(InvalidInputError, match="--resume with different settings") as error:
+            train(config(tmp_path, few_images, **settings, **resume))
+        assert named in str(error.value) and "\n" not in str(error.value)
+    state = torch.load(official_sam_file, weights_only=True)
+    state["mask_decoder.iou_token.weight"] = state["mask_decoder.iou_token.weight"] + 1
+    torch.save(state, init)  # same path, other content
+    with pytest.raises(InvalidInputError, match=r"init_sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
+        train(config(tmp_path, few_images, random_weights=False, init=init, **resume))
+
+
+def test_damaged_last_pt_is_refused_in_one_line(tmp_path, hq_run, few_images):
+    import shutil
+
+    _, out = hq_run
+    good = torch.load(out / LAST, weights_only=True)
+    cases = {
+        "truncated": lambda path: path.write_bytes((out / LAST).read_bytes()[:1000]),
+        "hand-made": lambda path: torch.save({"format": good["format"], "settings": good["settings"]}, path),
+        "a list": lambda path: torch.save([1, 2], path),
+        "wrong shape": lambda path: torch.save({**good, "trainable": {k: v[..., :1] if v.ndim else v for k, v in good["trainable"].items()}}, path),
+    }
+    for name, damage in cases.items():
+        run = tmp_path / name
+        shutil.copytree(out, run)
+        damage(run / LAST)
+        (run / f".{LAST}.abc.part").write_bytes(b"half")
+        with pytest.raises(InvalidInputError) as error:
+            train(config(tmp_path, few_images, out=run, resume=True, max_steps=3))
+        message = str(error.value)
+        assert str(run / LAST) in message and "move it away" in message and "\n" not in message, (name, message)
+        assert not list(run.glob("*.part"))  # leftovers of an interrupted write are removed on start

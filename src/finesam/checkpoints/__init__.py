@@ -4,6 +4,7 @@ from .download import CheckpointFile, checkpoint_dirs, find_checkpoint, sha256_o
 from .files import (
     CheckpointError,
     CheckpointNotFoundError,
+    check_decoder_file,
     check_state_dict,
     from_official_keys,
     merge_decoder_file,
@@ -16,6 +17,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointFile",
     "CheckpointNotFoundError",
+    "check_decoder_file",
     "check_state_dict",
     "checkpoint_dirs",
     "find_checkpoint",

@@ -127,11 +127,50 @@ def merge_decoder_file(
     sam_state: Mapping[str, torch.Tensor], decoder_state: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """One state dict from an official SAM file (its encoder and prompt encoder) and a
-    decoder-only file (keys without prefix, or with ``mask_decoder.``), e.g. Pi-SAM's."""
+    decoder-only file (keys without prefix, or with ``mask_decoder.``): HQ-SAM's ``epoch_N.pth``
+    or Pi-SAM's decoder file. Done in the official key space: every ``mask_decoder.*`` key of
+    the SAM file is replaced by the decoder file's (SAM's decoder parts included)."""
     merged = {k: v for k, v in sam_state.items() if k.startswith(("image_encoder.", "prompt_encoder."))}
     for key, value in decoder_state.items():
         merged[key if key.startswith("mask_decoder.") else f"mask_decoder.{key}"] = value
     return merged
+
+
+def check_decoder_file(
+    expected: Mapping[str, torch.Tensor],
+    decoder_state: Mapping[str, torch.Tensor],
+    model_name: str,
+    source: str,
+    kept_from_build: tuple[str, ...] = (),
+    describe: Callable[[Mapping[str, torch.Tensor]], str] | None = None,
+) -> None:
+    """Raise :class:`CheckpointError` unless a decoder-only file (official names, keys with or
+    without ``mask_decoder.``) holds exactly the ``mask_decoder.*`` keys and shapes of ``expected``
+    (official names), apart from the ``kept_from_build`` prefixes, which no official file stores.
+
+    Checked before the merge, so that the message names the decoder file, not the pair.
+    """
+    if any(key.startswith(("image_encoder.", "prompt_encoder.")) for key in decoder_state):
+        raise CheckpointError(
+            f"decoder file {source} is a whole-model file (it holds image_encoder.* keys), not a decoder-only file: "
+            "pass it as the checkpoint, without a decoder file"
+        )
+    keys = {key if key.startswith("mask_decoder.") else f"mask_decoder.{key}": value for key, value in decoder_state.items()}
+    wanted = {key: value for key, value in expected.items() if key.startswith("mask_decoder.") and not key.startswith(kept_from_build)}
+    missing = [key for key in wanted if key not in keys]
+    unexpected = [key for key in keys if key not in wanted]
+    mismatched = [f"{key}: file {tuple(keys[key].shape)} vs model {tuple(wanted[key].shape)}"
+                  for key in wanted if key in keys and keys[key].shape != wanted[key].shape]
+    if missing or unexpected or mismatched:
+        looks_like = f" (it looks like {describe(decoder_state)})" if describe is not None else ""
+        problems = "; ".join(
+            f"{title}: " + ", ".join(items[:4]) + (f", ... ({len(items)} in all)" if len(items) > 4 else "")
+            for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)) if items
+        )
+        raise CheckpointError(
+            f"decoder file {source} does not fit the decoder of {model_name}{looks_like}: {problems}. "
+            f"Pass the decoder trained for this model's backbone (and the SAM file of that backbone as the checkpoint)."
+        )
 
 
 def check_state_dict(

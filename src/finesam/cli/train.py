@@ -25,9 +25,9 @@ EPILOG = f"""recipes (official defaults; every one can be overridden):
               f"{'x0.1 at epoch ' + str(r.lr_drop_epochs) if r.schedule == 'step' else 'cosine schedule'}; "
               f"prompts {'/'.join(r.prompt_kinds)}; LSJ {r.scale_range[0]}-{r.scale_range[1]}" for r in RECIPES.values())}
 
---out DIR receives {METRICS} (one JSON object per step: step, epoch, loss, bce, dice, lr, and val_* after
-validations), {LAST} (trainable weights, optimizer, scheduler, RNG and sampler position: --resume continues
-from it exactly), {LOSS_PLOT}, and at the end {FINAL} (official layout: an HQ-SAM file that segment_anything_hq
+--out DIR receives run.json (the settings, seed included), {METRICS} (one JSON object per step: step, epoch,
+loss, bce, dice, lr, and val_* after validations), {LAST} (trainable weights, optimizer, scheduler and sampler
+position: --resume continues from it exactly, and refuses other settings or another --init file), {LOSS_PLOT}, and at the end {FINAL} (official layout: an HQ-SAM file that segment_anything_hq
 loads strictly; for Pi-SAM the whole model including rgb_embed) and, for Pi-SAM, {FINAL_DECODER} (the official
 decoder file format). Pi stage 2 starts from stage 1's {FINAL}: --init runs/stage1/{FINAL}.
 
@@ -57,8 +57,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                             "or a finesam file (e.g. stage 1's final.pth for pi-stage2)")
     start.add_argument("--random-weights", action="store_true",
                        help="a seeded random frozen base instead of --init (pipeline checks; the frozen SAM is meaningless)")
-    parser.add_argument("--init-decoder", type=Path, metavar="FILE",
-                        help="Pi-SAM: an official-format decoder file ({'model_state_dict': ...}) beside a SAM --init")
+    parser.add_argument("--init-decoder", "--decoder-checkpoint", dest="init_decoder", type=Path, metavar="FILE",
+                        help="a decoder-only file beside a SAM --init, in official names: the official HQ-SAM training "
+                             "output (epoch_N.pth) or Pi-SAM's decoder file ({'model_state_dict': ...}); its keys replace "
+                             "the SAM file's mask_decoder.* keys")
     parser.add_argument("--data", required=True, action="append", type=_named_path, metavar="NAME=PATH",
                         help="training set, repeatable: DIS5K-TR, ThinObject5K-TR, FSS-1000, DUTS-TR, DUTS-TE, ECSSD, MSRA-10K, "
                              "HRSOD-TR, UHRSD-TR, or any folder with im/ + gt/ (NAME picks the layout and split)")

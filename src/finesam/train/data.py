@@ -26,9 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from PIL import Image, UnidentifiedImageError
+
 from ..data import FolderDataset, open_dataset, split_from_name
-from ..data.folders import DatasetError
-from ..errors import InvalidInputError
+from ..data.folders import DatasetError, Pair, read_mask
+from ..data.images import _jpeg_is_complete, _size_problem, pixel_limit, read_image
+from ..errors import FinesamError, InvalidInputError
 from .prompts import FOREGROUND_ABOVE, PROMPT_KINDS, draw_prompt
 
 #: the independent random streams of one sample (the last word of its generator's seed)
@@ -237,6 +240,68 @@ class TrainingSet(Dataset):
             rng = sample_rng(self.seed, self.epoch, int(index), "prompt")
             sample["prompt"] = draw_prompt(label_tensor, rng, self.prompt_kinds, self.num_points, name=name)
         return sample
+
+
+#: EXIF orientations that swap width and height (transpose, rotate 90 / 270, transverse)
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _displayed_size(path: Path, what: str, limit: int) -> tuple[int, int]:
+    """(height, width) of an image file as displayed, from its header; the file is checked to
+    be complete (JPEG end marker, PNG chunk checksums) or, in any other case, decoded once."""
+    label = f"{what} {str(path)!r}"
+    try:
+        with Image.open(path) as header:
+            width, height = header.size
+            orientation = header.getexif().get(0x0112, 1) if header.format in ("JPEG", "TIFF", "PNG", "WEBP") else 1
+            image_format = header.format
+        problem = _size_problem(height, width, limit, label)
+        if problem:
+            raise DatasetError(problem)
+        if image_format == "PNG":
+            with Image.open(path) as chunks:
+                chunks.verify()  # every chunk's CRC, without decoding the pixels
+    except UnidentifiedImageError:
+        raise DatasetError(f"cannot read {label}: not an image file (or a format PIL cannot read); "
+                           "remove it from the training set or replace it") from None
+    except FinesamError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as error:  # unreadable (permissions, a folder) or a damaged header / chunk
+        raise DatasetError(f"cannot read {label}: {type(error).__name__}: {error}; remove it from the training set "
+                           "or replace it") from None
+    if image_format not in ("PNG",) and not (image_format == "JPEG" and _jpeg_is_complete(path)):
+        try:  # other formats, and JPEGs without their end marker: decode once to be sure
+            decoded = read_image(path) if what == "image" else read_mask(path)
+        except FinesamError as error:
+            raise DatasetError(f"{error}; remove it from the training set or replace it") from None
+        return int(decoded.shape[0]), int(decoded.shape[1])
+    return (width, height) if orientation in _QUARTER_TURNS else (height, width)
+
+
+def check_pair(dataset: FolderDataset, pair: Pair, max_pixels: int | None = None) -> None:
+    """Raise :class:`~finesam.data.folders.DatasetError`, naming the file, unless ``pair``'s image
+    and mask can be read and have the same size as displayed. Reads headers (and PNG checksums),
+    not pixels, so that a whole training set is checked in seconds before any model loads."""
+    limit = pixel_limit(max_pixels)
+    image_size = _displayed_size(pair.image, "image", limit)
+    mask_size = _displayed_size(pair.gt, "mask", limit)
+    if image_size != mask_size:
+        raise DatasetError(
+            f"mask {str(pair.gt)!r} is {mask_size[1]}x{mask_size[0]} but its image {str(pair.image)!r} is "
+            f"{image_size[1]}x{image_size[0]} (width x height, as displayed) in training set {dataset.name!r}; "
+            "they must match: fix or remove the pair"
+        )
+
+
+def check_training_data(training_set: "TrainingSet") -> int:
+    """Check every pair of ``training_set`` with :func:`check_pair` before any training work;
+    returns the number of pairs checked. The first bad file ends the check with its path."""
+    for dataset in training_set.datasets:
+        for pair in dataset.pairs:
+            check_pair(dataset, pair)
+    return len(training_set)
 
 
 _STACKED = ("image", "label", "content_size")

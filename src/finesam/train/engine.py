@@ -20,15 +20,17 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..checkpoints.download import sha256_of
 from ..checkpoints.files import save_atomically, write_text_atomically
 from ..devices import resolve_device
 from ..distributed import DistributedContext, barrier, broadcast_from_main, init_distributed, process_device, shutdown
-from ..errors import InvalidInputError
+from ..data.folders import DatasetError
+from ..errors import FinesamError, InvalidInputError
 from ..loading import load
 from ..modeling.sam import Sam
 from ..outputs import check_output_dir
 from ..registry import get_spec
-from .data import Augmentation, TrainingSet, collate_samples
+from .data import Augmentation, TrainingSet, check_training_data, collate_samples
 from .export import export_final
 from .feature_cache import FeatureCache, collate_cached
 from .recipes import Recipe, get_recipe
@@ -38,8 +40,15 @@ from .validation import open_validation_sets, validate
 LAST = "last.pt"
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
-# Options that must match for --resume to continue the same run.
-RESUME_KEYS = ("recipe", "model", "seed", "batch_size", "accumulate", "lr", "lr_drop_epoch", "epochs", "trainable", "data", "world_size", "cached_views")
+RUN_INFO = "run.json"
+LAST_FORMAT = "finesam-train-v2"
+# Options that must match for --resume to continue the same run: everything that changes the
+# arithmetic, the frozen base included (its source and the content hash of its files).
+RESUME_KEYS = ("recipe", "model", "seed", "batch_size", "accumulate", "lr", "lr_drop_epoch", "epochs", "trainable", "data",
+               "world_size", "cached_views", "cache_dtype", "bf16", "random_weights", "init", "init_sha256",
+               "init_decoder", "init_decoder_sha256")
+# What last.pt must hold, and the types of its parts.
+LAST_PARTS = {"format": str, "settings": dict, "trainable": dict, "optimizer": dict, "scheduler": dict, "position": dict}
 
 
 @dataclass
@@ -75,8 +84,16 @@ class TrainConfig:
     progress: bool = True
 
     def resolved(self, recipe: Recipe, world_size: int) -> dict[str, Any]:
-        """The settings that define the run (recorded in ``last.pt`` and checked by ``--resume``)."""
+        """The settings that define the run (recorded in ``last.pt`` and ``run.json``, checked by
+        ``--resume``). Hashes the ``--init`` files (a few seconds for ViT-H)."""
+        def source(path: Path | None) -> tuple[str | None, str | None]:
+            return (None, None) if path is None else (str(Path(path).resolve()), sha256_of(Path(path)))
+
+        (init, init_sha256), (init_decoder, init_decoder_sha256) = source(self.init), source(self.init_decoder)
         return {
+            "random_weights": bool(self.random_weights), "init": init, "init_sha256": init_sha256,
+            "init_decoder": init_decoder, "init_decoder_sha256": init_decoder_sha256, "bf16": bool(self.bf16),
+            "cache_dtype": self.cache_dtype if self.cache_features else None,
             "recipe": recipe.name, "model": self.model, "seed": self.seed,
             "batch_size": self.batch_size or recipe.batch_size, "accumulate": self.accumulate,
             "lr": self.lr if self.lr is not None else recipe.lr,
@@ -120,6 +137,8 @@ def check_config(config: TrainConfig) -> Recipe:
             raise InvalidInputError(f"{name} must be >= 0 (0: at the end of each epoch), got {value}")
     if config.lr is not None and not (math.isfinite(config.lr) and config.lr > 0):
         raise InvalidInputError(f"--lr must be a positive finite number, got {config.lr}")
+    if config.val_limit is not None and (isinstance(config.val_limit, bool) or not isinstance(config.val_limit, int) or config.val_limit < 1):
+        raise InvalidInputError(f"--val-limit must be a positive integer (the first N validation images), got {config.val_limit!r}")
     if config.cache_dtype not in ("float16", "bfloat16"):
         raise InvalidInputError(f"--cache-dtype must be float16 or bfloat16, got {config.cache_dtype!r}")
     out = Path(config.out)
@@ -135,9 +154,9 @@ def build_model(config: TrainConfig, recipe: Recipe, device: torch.device) -> Sa
     """The model with the recipe's parts trainable (everything else frozen, ``requires_grad=False``)."""
     if config.random_weights:
         model = load(config.model, random_weights=True, seed=config.seed, device=device)
-    else:  # a SAM file gives fresh decoder parts; an HQ / Pi / stage-1 file continues from its own
+    else:  # a SAM file gives fresh decoder parts (drawn from --seed); an HQ / Pi / stage-1 file continues from its own
         model = load(config.model, config.init, decoder_checkpoint=config.init_decoder, device=device,
-                     init_missing=new_decoder_parts(config.model))
+                     init_missing=new_decoder_parts(config.model), seed=config.seed)
     recipe.check_model(config.model, model.capabilities, model.mask_decoder.new_parts)
     set_trainable(model, config.trainable or recipe.trainable)
     return model
@@ -254,7 +273,12 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     device = resolve_device(config.device)
     context = init_distributed(device)
     try:
-        return _train(config, recipe, process_device(device, context), context, on_step)
+        device = process_device(device, context)
+        # every draw comes from generators seeded by --seed; the fork keeps the caller's global
+        # state untouched even if a library draws from it
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(config.seed)
+            return _train(config, recipe, device, context, on_step)
     finally:
         shutdown(context)
 
@@ -265,7 +289,11 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
     batch_size, epochs = settings["batch_size"], settings["epochs"]
     out = Path(config.out)
     augmentation = Augmentation(scale_range=recipe.scale_range, truncate_to_uint8=recipe.truncate_to_uint8)
-    dataset = TrainingSet(config.data, augmentation, seed=config.seed)  # data checked before the model loads
+    dataset = TrainingSet(config.data, augmentation, seed=config.seed)
+    check_training_data(dataset)  # every file's header, before the model loads
+    if context.is_main:
+        remove_partial_writes(out)  # an interrupted write's temporary files are never used again
+    last_state = read_last(out / LAST, settings) if config.resume else None
     if len(dataset) < batch_size * context.world_size:
         raise InvalidInputError(
             f"{len(dataset)} training images cannot fill one step of {batch_size} x {context.world_size} processes; "
@@ -274,6 +302,8 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
     if config.val:
         open_validation_sets(config.val)
     model = build_model(config, recipe, device)
+    if context.is_main:  # the first file of the run, once every option and the model are accepted
+        write_text_atomically(out / RUN_INFO, json.dumps({"settings": settings, "command": config_record(config)}, indent=1) + "\n")
     cache = None
     if config.cache_features:
         cache = FeatureCache.prepare(Path(config.cache_features), model, dataset, config, settings, context,
@@ -289,8 +319,8 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
             find_unused_parameters=bool(config.trainable),
         )
     start_epoch, start_batch, global_step = 0, 0, 0
-    if config.resume:
-        start_epoch, start_batch, global_step = load_last(out / LAST, model, optimizer, scheduler, settings)
+    if last_state is not None:
+        start_epoch, start_batch, global_step = restore_last(last_state, out / LAST, model, optimizer, scheduler)
     log = MetricsLog(out / METRICS, global_step, context.is_main)
     steps_per_epoch = len(epoch_batches(len(dataset), context, batch_size, config.seed, 0)) // config.accumulate
     total_steps = min(epochs * steps_per_epoch, config.max_steps or math.inf)
@@ -307,10 +337,10 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
         batches = epoch_batches(len(dataset), context, batch_size, config.seed, epoch)
         batches = batches[: steps_per_epoch * config.accumulate]
         skip = start_batch if epoch == start_epoch else 0
-        loader = _loader(dataset, cache, batches[skip:], epoch, workers)
+        loader = _loader(dataset, cache, batches[skip:], epoch, workers, config.seed)
         micro = skip % config.accumulate
         optimizer.zero_grad(set_to_none=True)
-        for batch_number, batch in enumerate(loader, start=skip):
+        for batch_number, batch in enumerate(_one_line_errors(loader), start=skip):
             sync = (micro + 1) % config.accumulate == 0
             # micro-batches before the last only accumulate: DDP skips their gradient all-reduce
             accumulate_only = runner.no_sync() if not sync and context.enabled else nullcontext()
@@ -362,11 +392,44 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
     return TrainResult(out, global_step, float(first_loss or math.nan), float(last_loss or math.nan), files, validation)
 
 
-def _loader(dataset: TrainingSet, cache: "FeatureCache | None", batches: list[list[int]], epoch: int, workers: int) -> DataLoader:
+def _loader(dataset: TrainingSet, cache: "FeatureCache | None", batches: list[list[int]], epoch: int, workers: int,
+            seed: int) -> DataLoader:
+    # the loader's own base seed (workers' seeds) from (seed, epoch), not from the global generator
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     if cache is not None:
-        return DataLoader(cache.epoch_view(epoch), batch_sampler=batches, num_workers=workers, collate_fn=collate_cached)
+        return DataLoader(cache.epoch_view(epoch), batch_sampler=batches, num_workers=workers, collate_fn=collate_cached,
+                          generator=generator)
     dataset.set_epoch(epoch)  # workers copy the data set, epoch included, when the loader starts
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate_samples)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate_samples, generator=generator)
+
+
+def _one_line_errors(loader: DataLoader):
+    """The loader's batches; a data error raised in a worker process comes back as its own
+    one-line message (the loader wraps it in the worker's traceback)."""
+    try:
+        yield from loader
+    except FinesamError as error:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        if len(lines) > 1 and lines[0].startswith("Caught "):  # "...Error: <the original message>"
+            raise DatasetError(lines[-1].split(": ", 1)[-1]) from None
+        raise
+
+
+def config_record(config: TrainConfig) -> dict[str, Any]:
+    """The run's options as JSON values (``run.json``)."""
+    return {key: (str(value) if isinstance(value, Path) else
+                  [[n, str(p)] for n, p in value] if key in ("data", "val") else list(value) if isinstance(value, tuple) else value)
+            for key, value in vars(config).items()}
+
+
+def remove_partial_writes(out: Path) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write left in ``out`` (``.last.pt.*.part``
+    and the like); returns them."""
+    leftovers = [path for path in out.glob(".*.part") if path.is_file()
+                 and path.name.startswith(tuple(f".{name}." for name in (LAST, METRICS, RUN_INFO, LOSS_PLOT)))]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
 
 
 def _mean_over_ranks(value: torch.Tensor, context: DistributedContext) -> float:
@@ -385,44 +448,82 @@ def _progress(total: int, initial: int, enabled: bool):
 
 def save_last(path: Path, model: Sam, optimizer: torch.optim.Optimizer, scheduler: Any, settings: dict,
               epoch: int, batch: int, global_step: int, context: DistributedContext) -> None:
-    """``last.pt``: trainable weights, optimiser, scheduler, RNG state and the sampler position
-    (the next epoch and batch), written atomically by rank 0."""
+    """``last.pt``: settings (seed included), trainable weights, optimiser, scheduler and the
+    sampler position (the next epoch and batch), written atomically by rank 0. No global random
+    state: every draw derives from (seed, epoch, sample)."""
     if not context.is_main:
         return
     trainable = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
     save_atomically({
-        "format": "finesam-train-v1",
+        "format": LAST_FORMAT,
         "settings": settings,
         "trainable": trainable,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "position": {"epoch": epoch, "batch": batch, "step": global_step},
-        "torch_rng": torch.get_rng_state(),
     }, path)
 
 
-def load_last(path: Path, model: Sam, optimizer: torch.optim.Optimizer, scheduler: Any, settings: dict) -> tuple[int, int, int]:
-    """Restore ``last.pt``; returns (epoch, batch within the epoch, global step) to continue from."""
+def _damaged(path: Path, reason: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"cannot resume from {str(path)!r}: {reason}; move it away (or choose another --out) to start the run again"
+    )
+
+
+def read_last(path: Path, settings: dict) -> dict:
+    """Read and check ``last.pt`` before the model loads: its parts, and that the run's settings
+    equal the saved ones (one line naming each difference)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a file that is not ours: say which and why
-        raise InvalidInputError(f"cannot read {str(path)!r} as a finesam training checkpoint: {error}") from None
-    if not isinstance(state, dict) or state.get("format") != "finesam-train-v1":
-        raise InvalidInputError(f"{str(path)!r} is not a finesam training checkpoint (last.pt)")
+    except Exception as error:  # truncated, not a torch file, or holding objects weights_only refuses
+        raise _damaged(path, f"it is not a readable finesam training checkpoint ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else 'unreadable'})") from None
+    if not isinstance(state, dict):
+        raise _damaged(path, f"it holds a {type(state).__name__}, not a finesam training checkpoint")
+    if state.get("format") != LAST_FORMAT:
+        raise _damaged(path, f"its format is {state.get('format')!r}, not {LAST_FORMAT!r}")
+    wrong = [f"{key} (missing)" if key not in state else f"{key} (a {type(state[key]).__name__})"
+             for key, kind in LAST_PARTS.items() if not isinstance(state.get(key), kind)]
+    if wrong:
+        raise _damaged(path, "it lacks or mangles " + ", ".join(wrong))
+    position = state["position"]
+    if not all(isinstance(position.get(key), int) and position[key] >= 0 for key in ("epoch", "batch", "step")):
+        raise _damaged(path, f"its position {position!r} is not (epoch, batch, step) counts")
+    if not all(isinstance(value, torch.Tensor) for value in state["trainable"].values()):
+        raise _damaged(path, "its trainable weights are not all tensors")
     saved = state["settings"]
     changed = [key for key in RESUME_KEYS if saved.get(key) != settings.get(key)]
     if changed:
         details = ", ".join(f"{key}: {saved.get(key)!r} -> {settings.get(key)!r}" for key in changed)
-        raise InvalidInputError(f"--resume with different settings ({details}); rerun with the original options")
-    parameters = dict(model.named_parameters())
-    for name, value in state["trainable"].items():
-        if name not in parameters or not parameters[name].requires_grad:
-            raise InvalidInputError(f"{str(path)!r} holds {name!r}, which is not trainable in this run")
-        with torch.no_grad():
-            parameters[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    position = state["position"]
-    return int(position["epoch"]), int(position["batch"]), int(position["step"])
+        raise InvalidInputError(f"--resume with different settings ({details}); rerun with the original options "
+                                f"or start a new run in another --out")
+    return state
 
+
+def restore_last(state: dict, path: Path, model: Sam, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[int, int, int]:
+    """Put a :func:`read_last` state into the model, optimiser and scheduler; returns (epoch,
+    batch within the epoch, global step) to continue from."""
+    parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    trainable = state["trainable"]
+    if trainable.keys() != parameters.keys():
+        missing, extra = sorted(parameters.keys() - trainable.keys()), sorted(trainable.keys() - parameters.keys())
+        raise _damaged(path, f"its trainable weights do not match this run's (missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, value in trainable.items():
+        if value.shape != parameters[name].shape:
+            raise _damaged(path, f"{name} has shape {tuple(value.shape)}, the model's is {tuple(parameters[name].shape)}")
+    with torch.no_grad():
+        for name, value in trainable.items():
+            parameters[name].copy_(value)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except Exception as error:
+        raise _damaged(path, f"its optimizer or scheduler state does not fit ({type(error).__name__}: {error})") from None
+    for parameter in parameters.values():  # Adam's moments must have their parameter's shape
+        moments = optimizer.state.get(parameter, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in moments and moments[key].shape != parameter.shape:
+                raise _damaged(path, f"its optimizer state has a {key} of shape {tuple(moments[key].shape)} "
+                                     f"for a parameter of shape {tuple(parameter.shape)}")
+    position = state["position"]
+    return position["epoch"], position["batch"], position["step"]

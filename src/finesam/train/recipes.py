@@ -10,26 +10,36 @@ from ..errors import InvalidInputError
 from ..modeling.decoder_api import DecoderCapabilities
 
 
-@dataclass(frozen=True)
+#: decoder outputs a recipe can supervise (attributes of :class:`DecoderOutput`)
+SUPERVISABLE_OUTPUTS = ("hq_logits", "low_res", "logits")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
-    """One training recipe.
+    """One training recipe, built with keywords.
 
     Attributes:
         name: ``hq``, ``pi-stage1`` or ``pi-stage2``.
         parts: the decoder parts that learn, among those the decoder declares in ``new_parts``.
-        stage: what is supervised: ``hq`` (the HQ-only 256x256 logits), ``high_res`` (the stage-1
-            256x256 and 1024x1024 logits), ``interactor`` (the 1024x1024 logits after simulated
-            correction clicks).
+        supervised: the :class:`~finesam.modeling.decoder_api.DecoderOutput` fields the loss
+            reads, each against the 1024x1024 target: ``hq_logits`` (HQ's 256x256 HQ-only
+            logits), ``low_res`` (256x256) and/or ``logits`` (1024x1024).
+        hq_output: the decoder's HQ output mode (``"hq_only"`` for HQ-SAM's HQ-token logits;
+            ``None``: the decoder's default), in training and validation alike.
+        corrects_clicks: the supervised output comes after simulated correction clicks on the
+            first prediction's errors (Pi-SAM stage 2); the loss is then normalised by the
+            number of samples with an error to click on, else by the batch size.
         prompt_kinds: prompt kinds drawn per sample (one each).
         scale_range: large-scale-jitter range; ``truncate_to_uint8``: the HQ pipeline's uint8 cast.
         lr, epochs, batch_size: official defaults (batch per process).
         schedule: ``step`` (x ``lr_gamma`` every ``lr_drop_epochs``) or ``cosine`` (over ``epochs``).
-        needs: decoder capabilities the model must declare for this recipe.
     """
 
     name: str
     parts: tuple[str, ...]
-    stage: str
+    supervised: tuple[str, ...]
+    hq_output: str | None = None
+    corrects_clicks: bool = False
     prompt_kinds: tuple[str, ...]
     scale_range: tuple[float, float]
     truncate_to_uint8: bool
@@ -41,6 +51,11 @@ class Recipe:
     lr_gamma: float = 0.1
     description: str = ""
 
+    def __post_init__(self) -> None:
+        unknown = [output for output in self.supervised if output not in SUPERVISABLE_OUTPUTS]
+        if not self.supervised or unknown:
+            raise InvalidInputError(f"recipe {self.name!r}: supervised must name outputs among {SUPERVISABLE_OUTPUTS}, got {self.supervised}")
+
     def check_model(self, model_name: str, capabilities: DecoderCapabilities, new_parts: tuple[str, ...]) -> None:
         """Refuse a model whose decoder lacks what this recipe trains (asked of its declaration)."""
         missing = sorted(set(self.parts) - set(new_parts))
@@ -49,7 +64,7 @@ class Recipe:
                 f"--recipe {self.name} trains the decoder part(s) {', '.join(missing)}, which {model_name} does not have; "
                 f"use {'an hq_* model' if self.name == 'hq' else 'a pi_* model'} (see `finesam train --help`)"
             )
-        if self.stage == "interactor" and not capabilities.corrects_clicks:
+        if self.corrects_clicks and not capabilities.corrects_clicks:
             raise InvalidInputError(f"--recipe {self.name} trains click correction, which {model_name} does not do")
 
     @property
@@ -62,17 +77,20 @@ RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
     for recipe in (
         Recipe(
-            "hq", ("hq",), "hq", ("box", "point", "noise_mask"), (0.1, 2.0), True,
+            name="hq", parts=("hq",), supervised=("hq_logits",), hq_output="hq_only",
+            prompt_kinds=("box", "point", "noise_mask"), scale_range=(0.1, 2.0), truncate_to_uint8=True,
             lr=1e-3, epochs=12, batch_size=4, schedule="step", lr_drop_epochs=10,
             description="HQ-SAM: the HQ token, its MLP and the global-local fusion on a frozen SAM",
         ),
         Recipe(
-            "pi-stage1", ("hq", "high_res"), "high_res", ("box",), (0.8, 1.6), False,
+            name="pi-stage1", parts=("hq", "high_res"), supervised=("low_res", "logits"),
+            prompt_kinds=("box",), scale_range=(0.8, 1.6), truncate_to_uint8=False,
             lr=1e-3, epochs=100, batch_size=4, schedule="cosine",
             description="Pi-SAM stage 1: HQ-like modules, Object Embedder and the 1024x1024 head",
         ),
         Recipe(
-            "pi-stage2", ("interactor",), "interactor", ("box",), (0.8, 1.6), False,
+            name="pi-stage2", parts=("interactor",), supervised=("logits",), corrects_clicks=True,
+            prompt_kinds=("box",), scale_range=(0.8, 1.6), truncate_to_uint8=False,
             lr=1e-3, epochs=100, batch_size=4, schedule="cosine",
             description="Pi-SAM stage 2: the Precise Interactor on the stage-1 model, from simulated clicks",
         ),

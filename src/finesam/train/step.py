@@ -58,7 +58,7 @@ class TrainStep(nn.Module):
             weights.append(weight)
         weight = torch.tensor(weights, dtype=labels.dtype, device=labels.device)
         # official normalisers: num_masks = B, or the number of samples with an error component (stage 2)
-        normaliser = weight.sum().clamp(min=1.0) if self.recipe.stage == "interactor" else float(len(indices))
+        normaliser = weight.sum().clamp(min=1.0) if self.recipe.corrects_clicks else float(len(indices))
         bce = sum(w * t[0] for w, t in zip(weight, terms)) / normaliser
         dice = sum(w * t[1] for w, t in zip(weight, terms)) / normaliser
         return {"loss": bce + dice, "bce": bce.detach(), "dice": dice.detach(), "supervised": weight.gt(0).sum()}
@@ -82,8 +82,8 @@ class TrainStep(nn.Module):
         move = (lambda t: None if t is None else t.to(device))
         points = None if points is None else (move(points[0]), move(points[1]))
         args = (features, points, move(prompt.get("boxes")), move(prompt.get("mask_inputs")))
-        mode = OutputMode(multimask=False, hq="hq_only" if self.recipe.stage == "hq" else None)
-        if self.recipe.stage != "interactor":
+        mode = OutputMode(multimask=False, hq=self.recipe.hq_output)
+        if not self.recipe.corrects_clicks:
             return self.model.decode(*args, mode=mode), weight
         with torch.no_grad():
             first = self.model.decode(*args, mode=mode)
@@ -95,12 +95,9 @@ class TrainStep(nn.Module):
         return self.model.correct(first.state, points, flags, padding), weight * float(valid[0])
 
     def supervised_logits(self, output: DecoderOutput) -> list[torch.Tensor]:
-        """The (1, 1, h, w) logits the recipe's loss reads, each against the 1024x1024 target."""
-        if self.recipe.stage == "hq":
-            return [output.hq_logits]
-        if self.recipe.stage == "high_res":
-            return [output.low_res, output.logits]
-        return [output.logits]
+        """The (1, 1, h, w) logits the recipe's loss reads (``recipe.supervised``, in order), each
+        against the 1024x1024 target."""
+        return [getattr(output, name) for name in self.recipe.supervised]
 
 
 def _seeded_loss(logits: torch.Tensor, target: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

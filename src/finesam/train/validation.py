@@ -65,9 +65,8 @@ def predict_validation_mask(predictor: SamPredictor, image: np.ndarray, foregrou
     """(H, W) bool mask of the recipe's output for the tight box of ``foreground`` (H, W) bool."""
     box = mask_box(foreground)
     predictor.set_image(image)
-    hq_output = "hq_only" if recipe.stage == "hq" else None
-    masks, _, low_res = predictor.predict(box=box, multimask_output=False, hq_output=hq_output)
-    if recipe.stage != "interactor":
+    masks, _, low_res = predictor.predict(box=box, multimask_output=False, hq_output=recipe.hq_output)
+    if not recipe.corrects_clicks:
         return masks[0]
     # the stage-1 errors on the 256 grid of the padded 1024 frame, as training sees them
     height, width = foreground.shape
