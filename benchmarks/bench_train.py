@@ -8,7 +8,12 @@
 
 Same augmented images (real ones from ../shared/data/ecssd), same box prompts, random weights.
 
+With ``--recipe distill``: seconds per step of ``--recipe distill`` (MobileSAM's TinyViT student
+against a SAM teacher, ``--teacher vit_b|vit_l|vit_h``, random weights), with the teacher run every
+step and with its embeddings read from the feature cache, and their ratio (no official code exists).
+
     .venv/bin/python benchmarks/bench_train.py [--model vit_b|vit_tiny] [--batch-size 1] [--steps 3]
+    .venv/bin/python benchmarks/bench_train.py --recipe distill [--teacher vit_b] [--batch-size 1] [--steps 3]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 import finesam
 from finesam.distributed import SINGLE_PROCESS
 from finesam.train.data import Augmentation, TrainingSet, collate_samples
+from finesam.train.distill import DistillStep, collate_distill, distill_images, prepare_teacher_cache, teacher_embeddings
 from finesam.train.engine import set_trainable
 from finesam.train.feature_cache import FeatureCache, collate_cached
 from finesam.train.losses import point_sampled_mask_loss
@@ -63,9 +69,46 @@ def timed(fn, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def bench_distill(args, root: Path, tmp: Path) -> None:
+    """The distill step with the teacher run every step, then with cached teacher embeddings."""
+    teacher_name = f"sam_{args.teacher}"
+    teacher_file = finesam.save(finesam.load(teacher_name, random_weights=True), tmp / "teacher.pth")
+
+    class Config:  # what the distillation pieces read of a run's settings
+        model, teacher, teacher_checkpoint, data, seed, cached_views = "mobile_sam", teacher_name, teacher_file, [("bench", root)], 0, 1
+
+    images = distill_images(Config)
+    teacher = finesam.load(teacher_name, teacher_file)
+    student = finesam.load("mobile_sam", random_weights=True)
+    set_trainable(student, get_recipe("distill").trainable)
+    step = DistillStep(student)
+    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=1e-3)
+    batch = collate_distill([images[i] for i in range(args.batch_size)])
+
+    def distill_step(targets_fn) -> None:
+        result = step(batch["image"], targets_fn())
+        optimizer.zero_grad()
+        result["loss"].backward()
+        optimizer.step()
+
+    fresh_seconds = timed(lambda: distill_step(lambda: teacher_embeddings(teacher, batch, student.device)), args.steps)
+    cache = prepare_teacher_cache(tmp / "cache", teacher, images, Config, {"data": [["bench", str(root)]]}, SINGLE_PROCESS,
+                                  torch.float16, progress=False)
+    view = cache.epoch_view(0)
+    cached_seconds = timed(lambda: distill_step(
+        lambda: teacher_embeddings(None, collate_cached([view[i] for i in range(args.batch_size)]), student.device)), args.steps)
+    print()
+    print(f"| distill step (mobile_sam student, {teacher_name} teacher) | s / step | vs teacher every step |")
+    print("|---|---|---|")
+    print(f"| teacher run every step | {fresh_seconds:.2f} | 1.00x |")
+    print(f"| cached teacher embeddings (--cache-features) | {cached_seconds:.2f} | {fresh_seconds / cached_seconds:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="hq", choices=("hq", "distill"))
     parser.add_argument("--model", default="vit_b", choices=tuple(OURS))
+    parser.add_argument("--teacher", default="vit_b", choices=("vit_b", "vit_l", "vit_h"), help="distill: the SAM teacher")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -74,7 +117,8 @@ def main() -> None:
     flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
           f"AMX {'yes' if 'amx_bf16' in flags else 'no'}, AVX512-BF16 {'yes' if 'avx512_bf16' in flags else 'no'}")
-    print(f"model {args.model}, batch {args.batch_size}, {args.steps} timed steps after one warm-up, images from {DATA}")
+    print(f"{'teacher ' + args.teacher if args.recipe == 'distill' else 'model ' + args.model}, batch {args.batch_size}, "
+          f"{args.steps} timed steps after one warm-up, images from {DATA}")
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
@@ -83,6 +127,9 @@ def main() -> None:
         for stem in ("0001", "0002", "0003", "0004")[: max(args.batch_size, 1)]:
             (root / "im" / f"{stem}.jpg").symlink_to(DATA / "im" / f"{stem}.jpg")
             (root / "gt" / f"{stem}.png").symlink_to(DATA / "gt" / f"{stem}.png")
+        if args.recipe == "distill":
+            bench_distill(args, root, Path(tmp))
+            return
         dataset = TrainingSet([("bench", root)], Augmentation.hq(), seed=0)
         batch = collate_samples([dataset[i] for i in range(args.batch_size)])
         boxes = [torch.tensor([20.0, 20.0, 600.0, 500.0]) for _ in range(args.batch_size)]

@@ -1,4 +1,5 @@
-"""``finesam train``: the HQ-SAM recipe and the two Pi-SAM stages on a frozen SAM.
+"""``finesam train``: the HQ-SAM recipe and the two Pi-SAM stages on a frozen SAM, and
+MobileSAM-style encoder distillation (``--recipe distill``).
 
     finesam train --recipe hq --model hq_vit_b --init sam_vit_b_01ec64.pth \\
         --data DIS5K-TR=/data/DIS5K --data ThinObject5K-TR=/data/thin_object_detection/ThinObject5K ... \\
@@ -23,7 +24,12 @@ from ..train.recipes import RECIPES
 EPILOG = f"""recipes (official defaults; every one can be overridden):
 {chr(10).join(f"  {r.name:10} {r.description}; lr {r.lr:g}, {r.epochs} epochs, batch {r.batch_size}/process, "
               f"{'x0.1 at epoch ' + str(r.lr_drop_epochs) if r.schedule == 'step' else 'cosine schedule'}; "
-              f"prompts {'/'.join(r.prompt_kinds)}; LSJ {r.scale_range[0]}-{r.scale_range[1]}" for r in RECIPES.values())}
+              + (f"prompts {'/'.join(r.prompt_kinds)}; LSJ {r.scale_range[0]}-{r.scale_range[1]}" if not r.distills
+                 else "images only (flip, resized as at inference)") for r in RECIPES.values())}
+
+distill: finesam train --recipe distill --model mobile_sam --teacher sam_vit_h --teacher-checkpoint sam_vit_h_4b8939.pth \
+    --data SA1B=DIR --cache-features CACHE --out runs/mobile    (final.pth: a MobileSAM file; metrics.jsonl: loss = embedding
+MSE, and with --val val_embedding_mse and val_mask_iou, the student's masks vs the teacher's on ground-truth boxes)
 
 --out DIR receives run.json (the settings, seed included), {METRICS} (one JSON object per step: step, epoch,
 loss, bce, dice, lr, and val_* after validations), {LAST} (trainable weights, optimizer, scheduler and sampler
@@ -43,27 +49,34 @@ def _named_path(text: str) -> tuple[str, Path]:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` sub-command to an ``argparse`` sub-parsers object."""
     parser = subparsers.add_parser(
-        "train", help="train HQ-SAM or Pi-SAM parts on a frozen SAM (one CPU or many GPUs with torchrun)",
+        "train", help="train HQ-SAM or Pi-SAM parts on a frozen SAM, or distil a MobileSAM encoder (one CPU or many GPUs with torchrun)",
         description="Train the new parameters of HQ-SAM (--recipe hq) or Pi-SAM (--recipe pi-stage1, then pi-stage2) "
-                    "on a frozen SAM, with the official recipes' data augmentation, prompts, loss and schedules.",
+                    "on a frozen SAM, with the official recipes' data augmentation, prompts, loss and schedules; or distil "
+                    "a TinyViT image encoder from a SAM teacher's embeddings (--recipe distill, MobileSAM-style).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--recipe", required=True, choices=tuple(RECIPES), help="what to train (see below)")
     parser.add_argument("--model", required=True, metavar="NAME",
-                        help=f"model to train: an hq_* model for --recipe hq, a pi_* model for the Pi stages ({', '.join(model_names())})")
-    start = parser.add_mutually_exclusive_group(required=True)
+                        help=f"model to train: an hq_* model for --recipe hq, a pi_* model for the Pi stages, mobile_sam for distill "
+                             f"({', '.join(model_names())})")
+    start = parser.add_mutually_exclusive_group()  # one is required except for distill (checked with the other options)
     start.add_argument("--init", type=Path, metavar="FILE",
                        help="weights to start from: a SAM/MobileSAM file (new HQ/Pi layers are initialised), an HQ-SAM file, "
-                            "or a finesam file (e.g. stage 1's final.pth for pi-stage2)")
+                            "or a finesam file (e.g. stage 1's final.pth for pi-stage2); distill: the student's starting "
+                            "weights (default: a TinyViT drawn from --seed)")
     start.add_argument("--random-weights", action="store_true",
                        help="a seeded random frozen base instead of --init (pipeline checks; the frozen SAM is meaningless)")
     parser.add_argument("--init-decoder", "--decoder-checkpoint", dest="init_decoder", type=Path, metavar="FILE",
                         help="a decoder-only file beside a SAM --init, in official names: the official HQ-SAM training "
                              "output (epoch_N.pth) or Pi-SAM's decoder file ({'model_state_dict': ...}); its keys replace "
                              "the SAM file's mask_decoder.* keys")
+    parser.add_argument("--teacher", default="sam_vit_h", metavar="NAME",
+                        help="distill: the teacher model whose embeddings the student learns (default sam_vit_h)")
+    parser.add_argument("--teacher-checkpoint", type=Path, metavar="FILE", help="distill: the teacher's weights (required)")
     parser.add_argument("--data", required=True, action="append", type=_named_path, metavar="NAME=PATH",
                         help="training set, repeatable: DIS5K-TR, ThinObject5K-TR, FSS-1000, DUTS-TR, DUTS-TE, ECSSD, MSRA-10K, "
-                             "HRSOD-TR, UHRSD-TR, or any folder with im/ + gt/ (NAME picks the layout and split)")
+                             "HRSOD-TR, UHRSD-TR, or any folder with im/ + gt/ (NAME picks the layout and split); distill: "
+                             "also a plain folder of images")
     parser.add_argument("--val", action="append", type=_named_path, default=[], metavar="NAME=PATH",
                         help="validation set, repeatable: mIoU and mBIoU of the recipe's output, logged to metrics.jsonl")
     parser.add_argument("--val-every", type=int, default=0, metavar="STEPS", help="validate every N steps (default 0: each epoch's end)")
@@ -102,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cache_features=args.cache_features, cached_views=args.cached_views, cache_dtype=args.cache_dtype, bf16=args.bf16,
         accumulate=args.accumulate, lr_drop_epoch=args.lr_drop_epoch, val_every=args.val_every, val_limit=args.val_limit, trainable=tuple(args.trainable),
         device=args.device, workers=args.workers, progress=not args.quiet,
+        teacher=args.teacher, teacher_checkpoint=args.teacher_checkpoint,
     )
 
 
@@ -111,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--init-decoder goes with --init, not with --random-weights")
     result = train(config_from_args(args))
     if result.files and str(result.out):
+        validation = ", ".join(f"{name} {value:.4f}" for name, value in result.validation.items() if name != "images")
         print(f"{result.steps} steps; loss {result.first_loss:.4f} -> {result.last_loss:.4f}"
-              + (f"; validation mIoU {result.validation['miou']:.4f}, mBIoU {result.validation['mbiou']:.4f}" if result.validation else ""))
+              + (f"; validation {validation}" if validation else ""))
         print("wrote " + ", ".join(str(path) for path in result.files), file=sys.stdout)
     return 0

@@ -4,6 +4,8 @@ the CPU, NCCL on GPUs), resumable bit for bit from ``last.pt``.
 Order of work in a step: read the batch (augmented by the data set, or cached features), encode
 with the frozen encoder (skipped with cached features), per sample draw the prompt and run the
 decoder, the recipe's loss, backward (DDP averages the gradients over processes), Adam step.
+``--recipe distill`` swaps in the pieces of :mod:`.distill` (images without labels, a teacher,
+the student's encoder and the embedding MSE) at the places marked "distillation".
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from ..modeling.sam import Sam
 from ..outputs import check_output_dir
 from ..registry import get_spec
 from .data import Augmentation, TrainingSet, check_training_data, collate_samples
+from .distill import (DistillStep, DistillValidation, build_distillation, check_distill_config, distill_images, distill_loader,
+                      prepare_teacher_cache, teacher_embeddings)
 from .export import export_final
 from .feature_cache import FeatureCache, collate_cached
 from .recipes import Recipe, get_recipe
@@ -46,7 +50,7 @@ LAST_FORMAT = "finesam-train-v2"
 # arithmetic, the frozen base included (its source and the content hash of its files).
 RESUME_KEYS = ("recipe", "model", "seed", "batch_size", "accumulate", "lr", "lr_drop_epoch", "epochs", "trainable", "data",
                "world_size", "cached_views", "cache_dtype", "bf16", "random_weights", "init", "init_sha256",
-               "init_decoder", "init_decoder_sha256")
+               "init_decoder", "init_decoder_sha256", "teacher")
 # What last.pt must hold, and the types of its parts.
 LAST_PARTS = {"format": str, "settings": dict, "trainable": dict, "optimizer": dict, "scheduler": dict, "position": dict}
 
@@ -82,6 +86,8 @@ class TrainConfig:
     device: str = "auto"
     workers: int | None = None
     progress: bool = True
+    teacher: str = "sam_vit_h"
+    teacher_checkpoint: Path | None = None
 
     def resolved(self, recipe: Recipe, world_size: int) -> dict[str, Any]:
         """The settings that define the run (recorded in ``last.pt`` and ``run.json``, checked by
@@ -102,6 +108,7 @@ class TrainConfig:
             "trainable": list(self.trainable or recipe.trainable),
             "data": [[name, str(path)] for name, path in self.data], "world_size": world_size,
             "cached_views": self.cached_views if self.cache_features else 0,
+            "teacher": [self.teacher, str(self.teacher_checkpoint)] if recipe.distills else None,
         }
 
 
@@ -121,7 +128,11 @@ def check_config(config: TrainConfig) -> Recipe:
     """Every option checked before a model is built or a file is written."""
     recipe = get_recipe(config.recipe)
     get_spec(config.model)
-    if config.random_weights == (config.init is not None):
+    if recipe.distills:  # distillation: teacher, student and their fit
+        check_distill_config(config)
+    elif config.teacher_checkpoint is not None:
+        raise InvalidInputError(f"--teacher-checkpoint goes with --recipe distill, not --recipe {recipe.name}")
+    elif config.random_weights == (config.init is not None):
         raise InvalidInputError("pass exactly one of --init FILE (the SAM/HQ/stage-1 weights to start from) and --random-weights")
     for label, path in (("--init", config.init), ("--init-decoder", config.init_decoder)):
         if path is not None and not Path(path).is_file():
@@ -247,14 +258,14 @@ class MetricsLog:
             self.handle.close()
 
 
-def plot_losses(rows: list[dict], path: Path) -> Path:
+def plot_losses(rows: list[dict], path: Path, loss_name: str = "loss (BCE + Dice)") -> Path:
     """The loss curve (per step) and, when there was validation, a panel of mIoU / mBIoU, as a PNG (written atomically)."""
     from ..evaluation.plot import Panel, Series, line_plot
 
     steps = [row["step"] for row in rows if "loss" in row]
     losses = [row["loss"] for row in rows if "loss" in row]
     top = max(losses, default=1.0) * 1.05 or 1.0
-    panels = [Panel("training loss", [Series("loss (BCE + Dice)", steps, losses)])]
+    panels = [Panel("training loss", [Series(loss_name, steps, losses)])]
     val = [(row["step"], row["val_miou"]) for row in rows if "val_miou" in row]
     if val:
         panels.append(Panel("validation", [Series("mIoU", *map(list, zip(*val))),
@@ -288,9 +299,12 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
     settings = config.resolved(recipe, context.world_size)
     batch_size, epochs = settings["batch_size"], settings["epochs"]
     out = Path(config.out)
-    augmentation = Augmentation(scale_range=recipe.scale_range, truncate_to_uint8=recipe.truncate_to_uint8)
-    dataset = TrainingSet(config.data, augmentation, seed=config.seed)
-    check_training_data(dataset)  # every file's header, before the model loads
+    if recipe.distills:  # distillation: images only, augmented as the predictor feeds the encoder
+        dataset = distill_images(config)
+    else:
+        augmentation = Augmentation(scale_range=recipe.scale_range, truncate_to_uint8=recipe.truncate_to_uint8)
+        dataset = TrainingSet(config.data, augmentation, seed=config.seed)
+        check_training_data(dataset)  # every file's header, before the model loads
     if context.is_main:
         remove_partial_writes(out)  # an interrupted write's temporary files are never used again
     last_state = read_last(out / LAST, settings) if config.resume else None
@@ -301,14 +315,23 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
         )
     if config.val:
         open_validation_sets(config.val)
-    model = build_model(config, recipe, device)
+    teacher = distill_validation = None
+    if recipe.distills:  # distillation: the student (decoder from the teacher) and the frozen teacher
+        model, teacher = build_distillation(config, recipe, device)
+        distill_validation = DistillValidation(teacher, config.val, config.val_limit, context) if config.val else None
+    else:
+        model = build_model(config, recipe, device)
     if context.is_main:  # the first file of the run, once every option and the model are accepted
         write_text_atomically(out / RUN_INFO, json.dumps({"settings": settings, "command": config_record(config)}, indent=1) + "\n")
     cache = None
-    if config.cache_features:
+    if config.cache_features and recipe.distills:
+        cache = prepare_teacher_cache(Path(config.cache_features), teacher, dataset, config, settings, context,
+                                      dtype=getattr(torch, config.cache_dtype), progress=config.progress)
+        teacher = None  # every embedding it gives is cached: free its memory
+    elif config.cache_features:
         cache = FeatureCache.prepare(Path(config.cache_features), model, dataset, config, settings, context,
                                      dtype=getattr(torch, config.cache_dtype), progress=config.progress)
-    step_module = TrainStep(model, recipe, config.seed)
+    step_module = DistillStep(model) if recipe.distills else TrainStep(model, recipe, config.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=settings["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     scheduler = make_scheduler(optimizer, recipe, epochs, settings["lr_drop_epoch"])
@@ -328,16 +351,23 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
         raise InvalidInputError(f"--accumulate {config.accumulate} exceeds the {len(dataset)} images' batches per epoch")
     workers = default_workers(batch_size) if config.workers is None else config.workers
     progress = _progress(total_steps, global_step, enabled=config.progress and context.is_main)
-    first_loss = log.rows[0]["loss"] if log.rows else None
-    last_loss = log.rows[-1]["loss"] if log.rows else None
+    losses = [row["loss"] for row in log.rows if "loss" in row]
+    first_loss = losses[0] if losses else None
+    last_loss = losses[-1] if losses else None
     validation: dict[str, float] = {}
+    if distill_validation and global_step == 0:  # distillation: where the student starts (row "step": 0, no loss)
+        validation = distill_validation(model, context)
+        log.append({"step": 0, "epoch": 0, **{f"val_{k}": v for k, v in validation.items()}, "time": time.time()})
     done = global_step >= total_steps
     epoch = start_epoch
     while not done and epoch < epochs:
         batches = epoch_batches(len(dataset), context, batch_size, config.seed, epoch)
         batches = batches[: steps_per_epoch * config.accumulate]
         skip = start_batch if epoch == start_epoch else 0
-        loader = _loader(dataset, cache, batches[skip:], epoch, workers, config.seed)
+        if recipe.distills:
+            loader = distill_loader(dataset, cache, batches[skip:], epoch, workers)
+        else:
+            loader = _loader(dataset, cache, batches[skip:], epoch, workers, config.seed)
         micro = skip % config.accumulate
         optimizer.zero_grad(set_to_none=True)
         for batch_number, batch in enumerate(_one_line_errors(loader), start=skip):
@@ -345,8 +375,11 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
             # micro-batches before the last only accumulate: DDP skips their gradient all-reduce
             accumulate_only = runner.no_sync() if not sync and context.enabled else nullcontext()
             with accumulate_only, torch.autocast(device.type, torch.bfloat16, enabled=config.bf16):
-                features = cache.features(batch, device) if cache else step_module.encode(batch["image"].to(device))
-                result = runner(features, batch["label"].to(device), [int(i) for i in batch["index"]], epoch)
+                if recipe.distills:  # distillation: the student's embedding against the teacher's
+                    result = runner(batch["image"].to(device), teacher_embeddings(teacher, batch, device))
+                else:
+                    features = cache.features(batch, device) if cache else step_module.encode(batch["image"].to(device))
+                    result = runner(features, batch["label"].to(device), [int(i) for i in batch["index"]], epoch)
                 (result["loss"] / config.accumulate).backward()
             micro += 1
             if not sync:
@@ -356,14 +389,15 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
             micro = 0
             global_step += 1
             row = {"step": global_step, "epoch": epoch, "loss": _mean_over_ranks(result["loss"].detach(), context),
-                   "bce": _mean_over_ranks(result["bce"], context), "dice": _mean_over_ranks(result["dice"], context),
+                   **{term: _mean_over_ranks(result[term], context) for term in ("bce", "dice") if term in result},
                    "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
             first_loss = row["loss"] if first_loss is None else first_loss
             last_loss = row["loss"]
             epoch_done = batch_number + 1 == len(batches)
             if config.val and ((config.val_every and global_step % config.val_every == 0) or (not config.val_every and epoch_done)
                                or global_step >= total_steps):
-                validation = validate(step_module, config.val, recipe, limit=config.val_limit, context=context)
+                validation = (distill_validation(model, context) if distill_validation
+                              else validate(step_module, config.val, recipe, limit=config.val_limit, context=context))
                 row.update({f"val_{k}": v for k, v in validation.items()})
             log.append(row)
             progress.update(1)
@@ -385,7 +419,7 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
     files: list[Path] = []
     barrier(context)
     if context.is_main:
-        files.append(plot_losses(log.rows, out / LOSS_PLOT))
+        files.append(plot_losses(log.rows, out / LOSS_PLOT, "embedding MSE" if recipe.distills else "loss (BCE + Dice)"))
         files.extend(export_final(model, out, config.model))
         files.append(out / LAST)
     files = broadcast_from_main(files, context)

@@ -50,12 +50,19 @@ class FeatureCache:
 
     @classmethod
     def prepare(cls, root: Path, model: Sam, dataset: Any, config: Any, settings: dict, context: DistributedContext,
-                dtype: torch.dtype, progress: bool = True) -> "FeatureCache":
-        """Compute what is missing (each rank its share), then return the cache every rank reads."""
-        extras = model.capabilities.encoder_features
+                dtype: torch.dtype, progress: bool = True, identity: dict | None = None,
+                extras: frozenset[str] | None = None) -> "FeatureCache":
+        """Compute what is missing (each rank its share), then return the cache every rank reads.
+
+        ``identity`` replaces the model part of the cache key (distillation keys by the teacher);
+        ``extras``: encoder extras to store (default: those ``model``'s decoder reads).
+        """
+        extras = model.capabilities.encoder_features if extras is None else extras
+        if identity is None:
+            identity = {"model": config.model, "init": _file_identity(config.init), "init_decoder": _file_identity(config.init_decoder),
+                        "random_weights_seed": config.seed if config.random_weights else None}
         key = {
-            "model": config.model, "init": _file_identity(config.init), "init_decoder": _file_identity(config.init_decoder),
-            "random_weights_seed": config.seed if config.random_weights else None, "data": settings["data"],
+            **identity, "data": settings["data"],
             "items": dataset.names() if hasattr(dataset, "names") else len(dataset),
             "augmentation": repr(dataset.augment), "seed": config.seed, "views": config.cached_views,
             "dtype": str(dtype), "extras": sorted(extras),
@@ -89,7 +96,9 @@ class FeatureCache:
                 current_view = view
             sample = self.dataset[index]
             features = model.encode_image(sample["image"][None].to(model.device), self.extras)
-            stored = {"embedding": features.embedding[0], "label": sample["label"]}
+            stored = {"embedding": features.embedding[0]}
+            if "label" in sample:  # distillation data have none
+                stored["label"] = sample["label"]
             if features.early is not None:
                 stored["early"] = features.early[0]
             if features.image is not None:
@@ -129,7 +138,8 @@ class _CachedView(Dataset):
             record = torch.load(path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError) as error:
             raise InvalidInputError(f"cached features {str(path)!r} are unreadable ({error}); delete the folder and rerun") from None
-        record["label"] = record["label"].float()
+        if "label" in record:
+            record["label"] = record["label"].float()
         record["index"] = int(record["index"])
         return record
 

@@ -10,8 +10,8 @@ from ..errors import InvalidInputError
 from ..modeling.decoder_api import DecoderCapabilities
 
 
-#: decoder outputs a recipe can supervise (attributes of :class:`DecoderOutput`)
-SUPERVISABLE_OUTPUTS = ("hq_logits", "low_res", "logits")
+#: outputs a recipe can supervise (attributes of :class:`DecoderOutput`, or the image embedding)
+SUPERVISABLE_OUTPUTS = ("hq_logits", "low_res", "logits", "embedding")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -19,11 +19,13 @@ class Recipe:
     """One training recipe, built with keywords.
 
     Attributes:
-        name: ``hq``, ``pi-stage1`` or ``pi-stage2``.
+        name: ``hq``, ``pi-stage1``, ``pi-stage2`` or ``distill``.
         parts: the decoder parts that learn, among those the decoder declares in ``new_parts``.
         supervised: the :class:`~finesam.modeling.decoder_api.DecoderOutput` fields the loss
             reads, each against the 1024x1024 target: ``hq_logits`` (HQ's 256x256 HQ-only
-            logits), ``low_res`` (256x256) and/or ``logits`` (1024x1024).
+            logits), ``low_res`` (256x256) and/or ``logits`` (1024x1024); or ``embedding``, the
+            image encoder's (B, 256, 64, 64) output against a teacher's (distillation, see
+            :mod:`finesam.train.distill`).
         hq_output: the decoder's HQ output mode (``"hq_only"`` for HQ-SAM's HQ-token logits;
             ``None``: the decoder's default), in training and validation alike.
         corrects_clicks: the supervised output comes after simulated correction clicks on the
@@ -33,6 +35,7 @@ class Recipe:
         scale_range: large-scale-jitter range; ``truncate_to_uint8``: the HQ pipeline's uint8 cast.
         lr, epochs, batch_size: official defaults (batch per process).
         schedule: ``step`` (x ``lr_gamma`` every ``lr_drop_epochs``) or ``cosine`` (over ``epochs``).
+        encoder_prefixes: ``state_dict`` prefixes that learn instead of decoder parts (distillation).
     """
 
     name: str
@@ -50,6 +53,7 @@ class Recipe:
     lr_drop_epochs: int = 10
     lr_gamma: float = 0.1
     description: str = ""
+    encoder_prefixes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [output for output in self.supervised if output not in SUPERVISABLE_OUTPUTS]
@@ -68,8 +72,15 @@ class Recipe:
             raise InvalidInputError(f"--recipe {self.name} trains click correction, which {model_name} does not do")
 
     @property
+    def distills(self) -> bool:
+        """Encoder distillation from a teacher (:mod:`finesam.train.distill`), not decoder training."""
+        return self.supervised == ("embedding",)
+
+    @property
     def trainable(self) -> tuple[str, ...]:
         """``state_dict`` key prefixes of the parameters that learn."""
+        if self.encoder_prefixes:
+            return self.encoder_prefixes
         return tuple(f"mask_decoder.{part}." for part in self.parts)
 
 
@@ -93,6 +104,14 @@ RECIPES: dict[str, Recipe] = {
             prompt_kinds=("box",), scale_range=(0.8, 1.6), truncate_to_uint8=False,
             lr=1e-3, epochs=100, batch_size=4, schedule="cosine",
             description="Pi-SAM stage 2: the Precise Interactor on the stage-1 model, from simulated clicks",
+        ),
+        Recipe(
+            name="distill", parts=(), supervised=("embedding",),
+            prompt_kinds=(), scale_range=(1.0, 1.0), truncate_to_uint8=True,
+            lr=1e-3, epochs=8, batch_size=4, schedule="cosine",
+            description="MobileSAM: a TinyViT image encoder learns a SAM teacher's embeddings (MSE); decoder copied from the teacher",
+            # TinyViT's ImageNet classifier (norm_head, head) is outside the graph
+            encoder_prefixes=("image_encoder.patch_embed.", "image_encoder.layers.", "image_encoder.neck."),
         ),
     )
 }
