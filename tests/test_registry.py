@@ -180,7 +180,7 @@ def test_random_weights_are_seeded_and_the_same_everywhere():
     assert not torch.equal(first.mask_decoder.iou_token.weight, other.mask_decoder.iou_token.weight)
     registry_model = finesam.sam_model_registry["vit_t"]()  # the official builders without a file
     assert torch.equal(registry_model.mask_decoder.iou_token.weight, first.mask_decoder.iou_token.weight)
-    with pytest.raises(ValueError, match="random_weights=True only"):
+    with pytest.raises(ValueError, match="seed applies to random_weights=True or init_missing only"):
         finesam.load("mobile_sam", "mobile_sam.pt", seed=1)
 
 

@@ -57,10 +57,11 @@ _HQ_BACKBONE_BY_WIDTH = {160: "TinyViT (hq_vit_tiny)", 768: "ViT-B", 1024: "ViT-
 
 def describe_decoder_file(state: dict[str, torch.Tensor]) -> str:
     """Which decoder a decoder-only state dict (official names, any prefix) looks like, for errors."""
-    keys = {key.removeprefix("mask_decoder.") for key in state}
+    by_key = {key.removeprefix("mask_decoder."): value for key, value in state.items()}
+    keys = set(by_key)
     if any(key.startswith("interact_2.") for key in keys):
         return "a Pi-SAM decoder file"
-    early = state.get("compress_vit_feat.0.weight", state.get("mask_decoder.compress_vit_feat.0.weight"))
+    early = by_key.get("compress_vit_feat.0.weight")
     if early is not None and early.ndim == 4:
         backbone = _HQ_BACKBONE_BY_WIDTH.get(int(early.shape[0]), f"a backbone of width {int(early.shape[0])}")
         return f"an HQ-SAM decoder for {backbone}"

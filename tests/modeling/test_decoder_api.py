@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from finesam.errors import InvalidInputError
-from finesam.export.onnx_export import _metadata, export_mode
+from finesam.onnx.export import DEFAULT_LAYOUT, GraphMode, _metadata, export_mode
 from finesam.modeling.decoder_api import ClickCorrectingDecoder, DecoderCapabilities, MaskDecoderInterface, OutputMode
 from finesam.registry import REGISTRY
 
@@ -26,7 +26,7 @@ def test_metadata_round_trip_equals_what_the_onnx_export_writes(name):
     with torch.device("meta"):
         model = REGISTRY[name].build()
     model = model.to_empty(device="cpu")  # values do not matter: only the declaration is read
-    written = _metadata(model, OutputMode(), name, True, 17)["capabilities"]
+    written = _metadata(model, GraphMode(OutputMode()), name, True, 17, DEFAULT_LAYOUT, None)["capabilities"]
     capabilities = declared(name)
     assert capabilities.to_metadata() == written
     assert DecoderCapabilities.from_metadata(json.loads(json.dumps(written))) == capabilities
@@ -64,7 +64,7 @@ def test_whether_multimask_matters():
 def test_export_default_multimask_is_the_declared_one(name):
     with torch.device("meta"):
         model = REGISTRY[name].build()
-    assert export_mode(model).multimask == declared(name).takes_multimask
+    assert export_mode(model).output.multimask == declared(name).takes_multimask
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
