@@ -167,16 +167,10 @@ def build_model(config: TrainConfig, recipe: Recipe, device: torch.device) -> Sa
         model = load(config.model, random_weights=True, seed=config.seed, device=device)
     else:  # a SAM file gives fresh decoder parts (drawn from --seed); an HQ / Pi / stage-1 file continues from its own
         model = load(config.model, config.init, decoder_checkpoint=config.init_decoder, device=device,
-                     init_missing=new_decoder_parts(config.model), seed=config.seed)
+                     init_missing=get_spec(config.model).new_parts, seed=config.seed)
     recipe.check_model(config.model, model.capabilities, model.mask_decoder.new_parts)
     set_trainable(model, config.trainable or recipe.trainable)
     return model
-
-
-def new_decoder_parts(model_name: str) -> tuple[str, ...]:
-    """The decoder parts ``model_name`` adds over SAM (asked of a weightless meta-device build)."""
-    with torch.device("meta"):
-        return tuple(get_spec(model_name).build().mask_decoder.new_parts)
 
 
 def set_trainable(model: Sam, prefixes: Sequence[str]) -> list[str]:
