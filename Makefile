@@ -44,12 +44,12 @@ chromium:
 ls-venv: $(LS_DATABASE)
 
 $(LS_STAMP):
-	rm -rf $(LS_VENV) $(LS_VENV).partial
-	$(PYTHON) -m venv $(LS_VENV).partial
-	$(LS_VENV).partial/bin/pip install -q label-studio==$(LS_VERSION) 2>&1 | grep -v "^WARNING: Location" || true
-	@if $(LS_VENV).partial/bin/python -c "import label_studio, label_studio_sdk" 2>/dev/null; then \
-	  mv $(LS_VENV).partial $(LS_VENV) && touch $(LS_STAMP); \
-	else rm -rf $(LS_VENV).partial; echo "WARNING: could not install label-studio==$(LS_VERSION): the Label Studio tests will skip"; fi
+	rm -rf $(LS_VENV)
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q label-studio==$(LS_VERSION) 2>&1 | grep -v "^WARNING: Location" || true
+	@# the stamp marks a complete install (a venv cannot be moved: its scripts name its path)
+	@if $(LS_VENV)/bin/python -c "import label_studio, label_studio_sdk" 2>/dev/null; then touch $(LS_STAMP); \
+	else rm -rf $(LS_VENV); echo "WARNING: could not install label-studio==$(LS_VERSION): the Label Studio tests will skip"; fi
 
 $(LS_DATABASE): $(LS_STAMP)
 	@if [ -d $(LS_VENV) ]; then $(PYTHON) tests/label_studio/ls_server.py prepare --venv $(LS_VENV) \
