@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 from ..devices import DEVICE_CHOICES, resolve_device
 from ..errors import InvalidInputError
 from ..loading import load

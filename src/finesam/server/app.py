@@ -253,6 +253,8 @@ def create_app(
         raise InvalidInputError(f"--cache-mb must be >= 0 and --max-upload-mb > 0, got {cache_mb} and {max_upload_mb}")
     caps = model.capabilities
     caps.check_output_mode(hq_output, "hq_output", model_name or "this model")
+    max_pixels = pixel_limit(max_pixels)
+    folder = ImageFolder(images_dir) if images_dir is not None else None
     annotator = Annotator(model, cache if cache is not None else FeatureCache(int(cache_mb * 1e6)), hq_output)
     upload_limit = int(max_upload_mb * 1e6)
 
