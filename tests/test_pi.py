@@ -94,7 +94,7 @@ def test_official_decoder_file_has_exactly_the_official_keys(official_sam_file, 
 def test_pi_needs_its_decoder_file(official_sam_file):
     with pytest.raises(CheckpointError, match="decoder_checkpoint"):
         finesam.load("pi_vit_b", official_sam_file)
-    with pytest.raises(ValueError, match="Pi-SAM models"):
+    with pytest.raises(ValueError, match="does not fit the decoder of sam_vit_b \\(it looks like a Pi-SAM decoder file\\)"):
         finesam.load("sam_vit_b", official_sam_file, decoder_checkpoint=DECODER_FILE)
 
 

@@ -52,6 +52,12 @@ def pi_runs(tmp_path_factory, small_models, few_images):
     return root / "stage1", root / "stage2"
 
 
+def tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers under the module names training uses (``state_dict()`` speaks the
+    official key names of the composed decoders)."""
+    return {name: tensor.detach() for name, tensor in (*model.named_parameters(), *model.named_buffers())}
+
+
 def changed_keys(before: dict, after: dict) -> set[str]:
     assert before.keys() == after.keys()
     return {key for key in before if not torch.equal(before[key], after[key])}
@@ -67,8 +73,8 @@ def assert_only_part_changed(changed: set[str], parts: tuple[str, ...]) -> None:
 def test_hq_recipe_trains_only_the_hq_parameters(hq_run):
     result, out = hq_run
     assert result.steps == 2 and np.isfinite(result.last_loss)
-    before = finesam.load("train_test_hq", random_weights=True, seed=7).state_dict()
-    after = finesam.load("train_test_hq", out / FINAL).state_dict()
+    before = tensors(finesam.load("train_test_hq", random_weights=True, seed=7))
+    after = tensors(finesam.load("train_test_hq", out / FINAL))
     assert_only_part_changed(changed_keys(before, after), TRAINED_PART["hq"])
     rows = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2]
@@ -78,9 +84,9 @@ def test_hq_recipe_trains_only_the_hq_parameters(hq_run):
 
 def test_pi_stages_train_only_their_parameters(pi_runs):
     stage1, stage2 = pi_runs
-    initial = finesam.load("train_test_pi", random_weights=True, seed=7).state_dict()
-    after1 = finesam.load("train_test_pi", stage1 / FINAL).state_dict()
-    after2 = finesam.load("train_test_pi", stage2 / FINAL).state_dict()
+    initial = tensors(finesam.load("train_test_pi", random_weights=True, seed=7))
+    after1 = tensors(finesam.load("train_test_pi", stage1 / FINAL))
+    after2 = tensors(finesam.load("train_test_pi", stage2 / FINAL))
     assert_only_part_changed(changed_keys(initial, after1), TRAINED_PART["pi-stage1"])
     # stage 2 keeps all of stage 1 (rgb_embed included) and moves the interactor only; after one
     # step that is its zero-initialised output convolution (the rest is behind it)
@@ -129,8 +135,8 @@ def test_bad_options_are_refused_before_work(tmp_path, small_models, few_images)
 def test_wider_trainable_set(tmp_path, small_models, few_images):
     """--trainable mask_decoder. (domain fine-tuning): SAM's decoder learns too, the encoder stays."""
     train(config(tmp_path, few_images, trainable=("mask_decoder.",), max_steps=1))
-    before = finesam.load("train_test_hq", random_weights=True, seed=7).state_dict()
-    after = finesam.load("train_test_hq", tmp_path / "run" / FINAL).state_dict()
+    before = tensors(finesam.load("train_test_hq", random_weights=True, seed=7))
+    after = tensors(finesam.load("train_test_hq", tmp_path / "run" / FINAL))
     changed = {key for key in before if not torch.equal(before[key], after[key])}
     assert any(key.startswith("mask_decoder.sam.transformer.") for key in changed)
     assert not any(key.startswith(("image_encoder.", "prompt_encoder.")) for key in changed)
@@ -176,7 +182,7 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, small_mo
         run(_cli(runner_script, *common, "--batch-size", "1", "--accumulate", "2", "--out", str(tmp_path / "accumulated")))
         others.append("accumulated")
     one = _trainable(tmp_path / "one" / LAST)
-    initial = finesam.load("train_test_hq", random_weights=True, seed=3).state_dict()
+    initial = tensors(finesam.load("train_test_hq", random_weights=True, seed=3))
     assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 1e-4  # five steps did move the weights
     for other in others:
         weights = _trainable(tmp_path / other / LAST)

@@ -76,7 +76,7 @@ def embedding_shape(model_name: str) -> tuple[int, ...]:
     with torch.device("meta"):
         model = get_spec(model_name).build()
         size = model.image_size
-        return tuple(model.image_encoder(torch.empty(1, 3, size, size)).embedding.shape[1:])
+        return tuple(model.image_encoder(torch.empty(1, 3, size, size), keep_early=False).embedding.shape[1:])
 
 
 def check_distill_config(config: Any) -> None:
