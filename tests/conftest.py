@@ -19,7 +19,8 @@ DATA = REPO.parent / "shared" / "data"
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning, module="timm")
 os.environ.setdefault("FINESAM_OFFLINE", "1")  # never try to download in tests
-torch.set_num_threads(max(1, os.cpu_count() or 1))
+# Under pytest-xdist (`make test` runs two workers) each worker gets its share of the cores.
+torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 def data_path(*parts: str) -> Path:
@@ -69,6 +70,16 @@ FUZZ_CASES: collections.Counter = collections.Counter()
 def count_case():
     """``count_case(category)``: record one generated fuzz case (totals printed at the end)."""
     return lambda category: FUZZ_CASES.update([category])
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: hand its counts to the controller
+        session.config.workeroutput["fuzz_cases"] = dict(FUZZ_CASES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    FUZZ_CASES.update(getattr(node, "workeroutput", {}).get("fuzz_cases", {}))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -165,62 +165,72 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, small_models, few_images, runner_script, start):
-    """DDP with gloo (2 x batch 1) and gradient accumulation (2 x batch 1) both equal batch 2."""
-    common = ["--data", f"few={few_images}", "--max-steps", "5", "--cache-features", str(tmp_path / "cache")]
-
-    def run(command: list[str]) -> None:
-        done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-
-    run(_cli(runner_script, *common, "--batch-size", "2", "--out", str(tmp_path / "one"), start=start))
-    torchrun = [PYTHON, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                "--master-port", str(free_port()), str(runner_script)]
-    run(torchrun + _cli(runner_script, *common, "--batch-size", "1", "--out", str(tmp_path / "two"), start=start)[2:])
-    others = ["two"]
-    if start == ("--random-weights",):  # accumulation does not depend on how the run starts
-        run(_cli(runner_script, *common, "--batch-size", "1", "--accumulate", "2", "--out", str(tmp_path / "accumulated")))
-        others.append("accumulated")
-    one = _trainable(tmp_path / "one" / LAST)
-    initial = tensors(finesam.load("train_test_hq", random_weights=True, seed=3))
-    assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 1e-4  # five steps did move the weights
-    for other in others:
-        weights = _trainable(tmp_path / other / LAST)
-        assert weights.keys() == one.keys()
-        worst = max(float((one[k] - weights[k]).abs().max()) for k in one)
-        assert worst <= 1e-5, (other, worst)
+def _run_command(command: list[str]) -> None:
+    done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_resume_after_sigkill_is_bit_identical(tmp_path, small_models, few_images, runner_script, start):
-    common = ["--data", f"few={few_images}", "--max-steps", "6", "--batch-size", "1", "--save-every", "1",
-              "--cache-features", str(tmp_path / "cache")]
-    whole = subprocess.run(_cli(runner_script, *common, "--out", str(tmp_path / "whole"), start=start), env=subprocess_env(),
-                           capture_output=True, text=True, timeout=600)
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(_cli(runner_script, *common, "--out", str(killed_dir), start=start), env=subprocess_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _kill_after_steps(command: list[str], out, steps: int) -> int:
+    """Start ``command``, SIGKILL it once ``steps`` steps are logged; the number of steps it logged."""
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        log = killed_dir / METRICS
-        if log.exists() and len(log.read_text().splitlines()) >= 3:
+        log = out / METRICS
+        if log.exists() and len(log.read_text().splitlines()) >= steps:
             break
         time.sleep(0.05)
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    steps_at_kill = len((killed_dir / METRICS).read_text().splitlines())
-    assert 3 <= steps_at_kill < 6
-    resumed = subprocess.run(_cli(runner_script, *common, "--out", str(killed_dir), "--resume", start=start), env=subprocess_env(),
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    expected, got = _trainable(tmp_path / "whole" / LAST), _trainable(killed_dir / LAST)
-    for key in expected:
-        assert torch.equal(expected[key], got[key]), key
-    rows = [json.loads(line) for line in (killed_dir / METRICS).read_text().splitlines()]
-    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
-    whole_rows = [json.loads(line) for line in (tmp_path / "whole" / METRICS).read_text().splitlines()]
-    assert [row["loss"] for row in rows] == [row["loss"] for row in whole_rows]
+    return len((out / METRICS).read_text().splitlines())
+
+
+def _losses(out) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / METRICS).read_text().splitlines()]
+
+
+def test_every_way_of_running_a_command_gives_its_model(tmp_path, small_models, few_images, runner_script, start):
+    """One reference run (batch 2, four steps over two epochs, a checkpoint per step), then the same
+    command run the other ways a user runs it: again (bit for bit, with ``--init`` whose HQ parts are
+    drawn from --seed), SIGKILL after step 3 + ``--resume`` (bit for bit), ``torchrun`` 2 x batch 1 and
+    ``--accumulate 2`` x batch 1 (<= 1e-5: another summation order)."""
+    steps = 4
+    common = ["--data", f"few={few_images}", "--max-steps", str(steps), "--save-every", "1", "--cache-features", str(tmp_path / "cache")]
+
+    def command(out: str, *args: str) -> list[str]:
+        return _cli(runner_script, *common, *args, "--out", str(tmp_path / out), start=start)
+
+    _run_command(command("reference", "--batch-size", "2"))
+    reference = _trainable(tmp_path / "reference" / LAST)
+    initial = tensors(finesam.load("train_test_hq", random_weights=True, seed=3))
+    assert max(float((reference[k] - initial[k]).abs().max()) for k in reference) > 1e-4  # the steps did move the weights
+
+    exact = ["killed"]
+    if start != ("--random-weights",):  # the real use: a SAM file whose new parts come from --seed
+        _run_command(command("again", "--batch-size", "2"))
+        exact.append("again")
+        first, second = read_state_dict(tmp_path / "reference" / FINAL), read_state_dict(tmp_path / "again" / FINAL)
+        assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert _kill_after_steps(command("killed", "--batch-size", "2"), tmp_path / "killed", 3) == 3  # in epoch 2 of 2
+    _run_command(command("killed", "--batch-size", "2", "--resume"))
+    assert [json.loads(line)["step"] for line in (tmp_path / "killed" / METRICS).read_text().splitlines()] == [1, 2, 3, 4]
+    for name in exact:
+        weights = _trainable(tmp_path / name / LAST)
+        assert all(torch.equal(reference[key], weights[key]) for key in reference), name
+        assert _losses(tmp_path / name) == _losses(tmp_path / "reference"), name
+
+    torchrun = [PYTHON, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                "--master-port", str(free_port()), str(runner_script)]
+    _run_command(torchrun + command("two", "--batch-size", "1")[2:])
+    close = ["two"]
+    if start == ("--random-weights",):  # accumulation does not depend on how the run starts
+        _run_command(command("accumulated", "--batch-size", "1", "--accumulate", "2"))
+        close.append("accumulated")
+    for name in close:
+        weights = _trainable(tmp_path / name / LAST)
+        assert weights.keys() == reference.keys()
+        worst = max(float((reference[k] - weights[k]).abs().max()) for k in reference)
+        assert worst <= 1e-5, (name, worst)
 
 
 def test_cached_features_match_the_encoder(tmp_path, hq_run, few_images):

@@ -21,7 +21,7 @@ RECIPE_MODELS = {"hq": "train_test_hq", "pi-stage1": "train_test_pi", "pi-stage2
 
 def _command(runner_script, recipe: str, init, data, out) -> list[str]:
     return [PYTHON, str(runner_script), "train", "--recipe", recipe, "--model", RECIPE_MODELS[recipe], "--init", str(init),
-            "--data", f"few={data}", "--out", str(out), "--max-steps", "2", "--batch-size", "2", "--workers", "0",
+            "--data", f"few={data}", "--out", str(out), "--max-steps", "2", "--batch-size", "1", "--workers", "0",
             "--quiet", "--seed", "3"]
 
 
@@ -29,7 +29,8 @@ def _losses(out) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / METRICS).read_text().splitlines()]
 
 
-@pytest.mark.parametrize("recipe", ["hq", "pi-stage1", "pi-stage2"])
+# hq: tests/train/test_engine.py runs its same command twice (with resume and torchrun beside)
+@pytest.mark.parametrize("recipe", ["pi-stage1", "pi-stage2"])
 def test_same_command_twice_gives_the_same_model(tmp_path, recipe, small_models, few_images, official_sam_file, runner_script):
     runs = [subprocess.Popen(_command(runner_script, recipe, official_sam_file, few_images, tmp_path / name), env=subprocess_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for name in ("first", "second")]
