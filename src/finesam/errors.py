@@ -30,3 +30,10 @@ class UnknownModelError(FinesamError, KeyError):
 def one_line(error: BaseException) -> str:
     """An error's message on one line (the command line prints errors as one line)."""
     return "; ".join(part.strip() for part in str(error).splitlines() if part.strip())
+
+
+def describe_error(error: BaseException) -> str:
+    """``TypeName: message`` (just the type name when the message is empty), for messages that
+    wrap a library's error (PIL's, the operating system's)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import LOSSY_SUFFIXES, MASK_FORMATS, check_image_path, check_mask_path, overlay, read_image, save_mask, save_overlay
+from ..data.images import MASK_FORMATS, check_image_path, check_mask_path, overlay, read_image, save_mask, save_overlay
 from ..data.prompt_files import FORMATS_HELP, group_by_image, read_prompt_file
 from ..devices import DEVICE_CHOICES, resolve_device
 from ..distributed import init_distributed, process_device, shutdown
 from ..errors import InvalidInputError
 from ..loading import load
 from ..modeling.decoder_api import HQ_OUTPUTS
-from ..outputs import check_output_dir
+from ..outputs import LOSSY_SUFFIXES, check_output_dir
 from ..pipeline.folder import (
     OUTPUT_FORMATS,
     BatchReport,

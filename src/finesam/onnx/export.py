@@ -26,8 +26,7 @@ from ..errors import InvalidInputError
 from ..modeling.decoder_api import OutputMode
 from ..modeling.sam import Sam
 from ..optional import require
-from ..checkpoints.files import write_text_atomically
-from ..outputs import check_output_dir
+from ..outputs import check_output_dir, write_text_atomically
 from . import graphs
 
 METADATA_KEY = "finesam"

@@ -41,7 +41,6 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..checkpoints.files import write_atomically, write_text_atomically
 from ..data.folders import IMAGE_EXTENSIONS
 from ..data.images import overlay, read_image, save_mask, save_overlay
 from ..data.prompt_files import DEFAULT_CATEGORY
@@ -49,6 +48,7 @@ from ..distributed import SINGLE_PROCESS, DistributedContext, barrier, broadcast
 from ..errors import FinesamError, InvalidInputError, one_line
 from ..formats.coco import RESULT_FIELDS, results_entry, write_coco_results
 from ..formats.polygons import mask_to_geojson, mask_to_polygons
+from ..outputs import write_atomically, write_text_atomically
 from ..predict.predictor import SamPredictor
 
 OUTPUT_FORMATS = ("png", "instances", "coco", "polygons", "overlay")

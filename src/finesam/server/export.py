@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..checkpoints.files import write_atomically
 from ..errors import InvalidInputError
 from ..formats.rle import decode_rle, encode_rle, mask_bbox
+from ..outputs import write_bytes_atomically
 from .sessions import MAX_OBJECT_ID, AnnotatedObject, NotFoundError, NotSavedError, OpenImage
 
 #: Suffixes listed and opened from ``--images DIR``.
@@ -214,7 +214,7 @@ class ImageFolder:
                 if (folder / name).is_dir():
                     raise IsADirectoryError(21, "a folder is in the way of the file", str(folder / name))
             for name, content in files.items():
-                write_atomically(folder / name, lambda temporary, content=content: Path(temporary).write_bytes(content))
+                write_bytes_atomically(folder / name, content)
             for stale in folder.glob("object_*.png"):
                 if stale.name not in files:
                     stale.unlink(missing_ok=True)

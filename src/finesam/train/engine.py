@@ -23,14 +23,14 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..checkpoints.download import sha256_of
-from ..checkpoints.files import save_atomically, write_text_atomically
+from ..checkpoints.files import save_atomically
 from ..devices import resolve_device
 from ..distributed import DistributedContext, barrier, broadcast_from_main, init_distributed, process_device, shutdown
 from ..data.folders import DatasetError
 from ..errors import FinesamError, InvalidInputError
 from ..loading import load
 from ..modeling.sam import Sam
-from ..outputs import check_output_dir
+from ..outputs import check_output_dir, write_text_atomically
 from ..registry import get_spec
 from .data import Augmentation, TrainingSet, check_training_data, collate_samples
 from .distill import (DistillStep, DistillValidation, build_distillation, check_distill_config, distill_images, distill_loader,

@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..checkpoints.files import save_atomically, write_text_atomically
+from ..checkpoints.files import save_atomically
 from ..distributed import DistributedContext, barrier, shard
 from ..errors import InvalidInputError
 from ..modeling.features import ImageFeatures
 from ..modeling.sam import Sam
+from ..outputs import write_text_atomically
 
 MANIFEST = "manifest.json"
 
