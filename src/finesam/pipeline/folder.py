@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from ..data.folders import IMAGE_EXTENSIONS
@@ -47,8 +46,9 @@ from ..data.prompt_files import DEFAULT_CATEGORY
 from ..distributed import SINGLE_PROCESS, DistributedContext, barrier, broadcast_from_main, gather_to_main, shard
 from ..errors import FinesamError, InvalidInputError, one_line
 from ..formats.coco import RESULT_FIELDS, results_entry, write_coco_results
+from ..formats.instances import instance_png
 from ..formats.polygons import mask_to_geojson, mask_to_polygons
-from ..outputs import write_atomically, write_text_atomically
+from ..outputs import write_bytes_atomically, write_text_atomically
 from ..predict.predictor import SamPredictor
 
 OUTPUT_FORMATS = ("png", "instances", "coco", "polygons", "overlay")
@@ -247,18 +247,12 @@ def _write_json(value: Any, path: Path, readable: bool = True) -> None:
     write_text_atomically(path, json.dumps(value, indent=1 if readable else None, separators=None if readable else (",", ":")))
 
 
-def instance_image(objects: Sequence[Segmented], size: tuple[int, int]) -> np.ndarray:
-    """(H, W) instance ids: 0 background, k + 1 where object k is; larger objects are painted
-    first, so a small object on a large one stays visible. uint8, or uint16 above 255 objects."""
-    ids = np.zeros(size, dtype=np.uint8 if len(objects) <= 255 else np.uint16)
-    for index in sorted(range(len(objects)), key=lambda k: -int(objects[k].mask.sum())):
-        ids[objects[index].mask] = index + 1
-    return ids
-
-
-def _save_png(pixels: np.ndarray, path: Path) -> None:
-    image = Image.fromarray(pixels)  # uint16 -> mode "I;16", written as a 16-bit PNG
-    write_atomically(path, lambda temporary: image.save(temporary, format="PNG"))
+def instance_file(objects: Sequence[Segmented], size: tuple[int, int]) -> bytes:
+    """The instance PNG of an image (:func:`finesam.formats.instance_png`): 0 background, k + 1
+    where object k is; larger objects are painted first, so a small object on a large one stays
+    visible. 8-bit, or 16-bit above 255 objects."""
+    order = sorted(range(len(objects)), key=lambda k: -int(objects[k].mask.sum()))
+    return instance_png([objects[k].mask for k in order], [k + 1 for k in order], size)
 
 
 def write_image_outputs(out: Path, job: ImageJob, image: np.ndarray, objects: Sequence[Segmented],
@@ -271,7 +265,7 @@ def write_image_outputs(out: Path, job: ImageJob, image: np.ndarray, objects: Se
         for index, obj in enumerate(objects):
             save_mask(obj.mask, out / "masks" / job.key / f"{index}.png")
     if "instances" in formats:
-        _save_png(instance_image(objects, image.shape[:2]), out / "instances" / f"{job.key}.png")
+        write_bytes_atomically(out / "instances" / f"{job.key}.png", instance_file(objects, image.shape[:2]))
     if "polygons" in formats:
         polygons = [{"prompt_id": o.prompt.prompt_id, "category_id": o.prompt.category_id, "score": o.score,
                      "segmentation": mask_to_polygons(o.mask)} for o in objects]

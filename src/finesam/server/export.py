@@ -16,9 +16,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import InvalidInputError
+from ..formats.instances import instance_png, png_bytes
 from ..formats.rle import decode_rle, encode_rle, mask_bbox
 from ..outputs import write_bytes_atomically
 from .sessions import MAX_OBJECT_ID, AnnotatedObject, NotFoundError, NotSavedError, OpenImage
@@ -31,25 +31,15 @@ INSTANCES = "instances.png"
 ANNOTATIONS = "annotations.json"
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def object_file(object_id: int) -> str:
     return f"object_{object_id:03d}.png"
 
 
-def instance_map(opened: OpenImage) -> np.ndarray:
-    """(H, W) object ids (uint8, or uint16 when an id exceeds 255); later objects on top."""
-    largest = max((o.id for o in opened.objects), default=0)
-    if largest > 65535:
-        raise InvalidInputError(f"an instance PNG holds ids up to 65535, this image has object id {largest}")
-    ids = np.zeros((opened.height, opened.width), np.uint8 if largest < 256 else np.uint16)
-    for annotated in opened.objects:
-        ids[annotated.mask] = annotated.id
-    return ids
+def instance_file(opened: OpenImage) -> bytes:
+    """The instance PNG of an image's objects (:func:`finesam.formats.instance_png`): each pixel
+    the id of its object, later objects on top (8-bit, or 16-bit when an id exceeds 255)."""
+    objects = opened.objects
+    return instance_png([o.mask for o in objects], [o.id for o in objects], (opened.height, opened.width))
 
 
 def coco_document(opened: OpenImage) -> dict:
@@ -71,9 +61,9 @@ def coco_document(opened: OpenImage) -> dict:
 
 def export_files(opened: OpenImage) -> dict[str, bytes]:
     """File name -> content of the export of one image."""
-    files = {INSTANCES: _png(instance_map(opened))}
+    files = {INSTANCES: instance_file(opened)}
     for annotated in opened.objects:
-        files[object_file(annotated.id)] = _png(np.where(annotated.mask, np.uint8(255), np.uint8(0)))
+        files[object_file(annotated.id)] = png_bytes(np.where(annotated.mask, np.uint8(255), np.uint8(0)))
     files[ANNOTATIONS] = json.dumps(coco_document(opened), indent=1).encode()
     return files
 
