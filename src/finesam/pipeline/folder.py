@@ -186,14 +186,20 @@ def _arrays(prompt: ObjectPrompt) -> tuple[np.ndarray | None, np.ndarray | None,
     return points, labels, box
 
 
+def check_object_prompt(predictor: SamPredictor, size: tuple[int, int], prompt: ObjectPrompt) -> None:
+    """Raise :class:`~finesam.errors.FinesamError` unless ``prompt`` is valid for an image of
+    ``size`` (H, W) (``predictor.check_prompts``, without encoding the image)."""
+    predictor.check_prompts(size, *_arrays(prompt))
+
+
 def check_image_prompts(predictor: SamPredictor, size: tuple[int, int], prompts: Sequence[ObjectPrompt]
                         ) -> tuple[list[ObjectPrompt], list[str]]:
-    """Split prompts into those valid for an image of ``size`` (H, W) and messages for the others
-    (checked with ``predictor.check_prompts``, without encoding the image)."""
+    """Split prompts into those valid for an image of ``size`` (H, W) (:func:`check_object_prompt`)
+    and messages for the others."""
     valid, problems = [], []
     for prompt in prompts:
         try:
-            predictor.check_prompts(size, *_arrays(prompt))
+            check_object_prompt(predictor, size, prompt)
             valid.append(prompt)
         except FinesamError as error:
             problems.append(f"prompt {prompt.prompt_id}: {one_line(error)}")
