@@ -10,11 +10,13 @@ import importlib
 import sys
 from typing import NoReturn, Sequence
 
-from ..errors import FinesamError, one_line
+from ..errors import FinesamError, InvalidInputError, name_parameters, one_line
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 COMMANDS = ("segment", "eval", "train", "serve", "export", "label-studio")
+#: Library parameters whose option is not ``--`` + the name with dashes.
+OPTION_OF_PARAMETER = {"images_dir": "--images", "formats": "--format", "allowed_hosts": "--allow-host"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -37,6 +39,18 @@ def _command_module(command: str):
     return importlib.import_module(f"{__name__}.{command.replace('-', '_')}")
 
 
+def option_of(parameter: str) -> str:
+    """The command-line option that sets a library parameter (``max_steps`` -> ``--max-steps``)."""
+    return OPTION_OF_PARAMETER.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def command_line_message(error: FinesamError) -> str:
+    """An error's message on one line, naming options where the library names parameters."""
+    if isinstance(error, InvalidInputError) and error.parameters:
+        return one_line(name_parameters(error.template, {p: option_of(p) for p in error.parameters}))
+    return one_line(error)
+
+
 def fail(command: str, message: str) -> int:
     """Print ``finesam COMMAND: message`` as one line on stderr; returns the usage exit code."""
     print(f"finesam {command}: {message}", file=sys.stderr)
@@ -48,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _command_module(args.command).run(args)
     except FinesamError as error:
-        return fail(args.command, one_line(error))
+        return fail(args.command, command_line_message(error))
     except OSError as error:  # writing outputs: full disk, permissions, a path that vanished
         where = f" {error.filename}" if error.filename else ""
         return fail(args.command, f"cannot read or write{where}: {error.strerror or error}")

@@ -126,8 +126,8 @@ def parse_formats(text: str) -> tuple[str, ...]:
     names = [name.strip().lower() for name in str(text).split(",") if name.strip()]
     unknown = [name for name in names if name not in OUTPUT_FORMATS]
     if unknown or not names:
-        raise InvalidInputError(f"--format {text!r}: unknown or empty; choose any of {','.join(OUTPUT_FORMATS)}, "
-                                "comma-separated (e.g. --format png,coco)")
+        raise InvalidInputError(f"`formats` {text!r}: unknown or empty; choose any of {','.join(OUTPUT_FORMATS)}, "
+                                "comma-separated (e.g. `formats` png,coco)", parameters=("formats",))
     return tuple(dict.fromkeys(names))
 
 
@@ -396,8 +396,8 @@ def record_path(out: Path, job: ImageJob) -> Path:
 
 
 def _state_error(path: Path, problem: str) -> InvalidInputError:
-    return InvalidInputError(f"cannot resume from {str(path)!r}: {problem}; move it away, or pass --overwrite "
-                             "to redo every image")
+    return InvalidInputError(f"cannot resume from {str(path)!r}: {problem}; move it away, or pass `overwrite` "
+                             "to redo every image", parameters=("overwrite",))
 
 
 _MISSING = object()

@@ -139,7 +139,8 @@ class ImageFolder:
     def __init__(self, root: str | os.PathLike) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise InvalidInputError(f"--images {str(root)!r} is not a folder; give the folder of images to annotate")
+            raise InvalidInputError(f"`images_dir` {str(root)!r} is not a folder; give the folder of images to annotate",
+                                    parameters=("images_dir",))
         self.root = root.resolve()
         self.output_root = self.root / OUTPUT_FOLDER
 

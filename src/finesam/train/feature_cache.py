@@ -73,7 +73,8 @@ class FeatureCache:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise InvalidInputError(f"--cache-features {str(root)!r} cannot be created: {error.strerror or error}") from None
+            raise InvalidInputError(f"`cache_features` {str(root)!r} cannot be created: {error.strerror or error}",
+                                    parameters=("cache_features",)) from None
         cache = cls(folder, dataset, config.cached_views, extras)
         work = [(index, view) for view in range(cache.views) for index in range(len(dataset))]
         missing = [item for item in shard(work, context) if not cache.item_path(*item).is_file()]
