@@ -73,8 +73,8 @@ def _read_only_folder(folder, monkeypatch):
     def refuse(path, content):
         raise PermissionError(13, "Permission denied", str(path.parent))
 
-    monkeypatch.setattr("finesam.server.export.write_bytes_atomically", refuse)
-    return "Permission denied", lambda: monkeypatch.setattr("finesam.server.export.write_bytes_atomically", outputs.write_bytes_atomically)
+    monkeypatch.setattr("finesam.server.annotations.write_bytes_atomically", refuse)
+    return "Permission denied", lambda: monkeypatch.setattr("finesam.server.annotations.write_bytes_atomically", outputs.write_bytes_atomically)
 
 
 @pytest.mark.parametrize("obstacle", [_block_annotations_json, _block_output_folder, _read_only_folder],

@@ -17,7 +17,7 @@ import finesam
 from finesam.checkpoints.files import read_state_dict
 from finesam.errors import InvalidInputError
 from finesam.train.engine import LAST, METRICS, TrainConfig, train
-from finesam.train.export import FINAL, FINAL_DECODER
+from finesam.train.final_checkpoint import FINAL, FINAL_DECODER
 
 from parity import assert_outputs_close
 from .conftest import PYTHON, SMALL_ENCODER, subprocess_env

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     require("fastapi", "finesam serve", "serve")  # both refused before the model loads
     uvicorn = require("uvicorn", "finesam serve", "serve")
     from ..server.app import create_app, is_loopback
-    from ..server.export import ImageFolder
+    from ..server.annotations import ImageFolder
 
     if args.images is not None:
         ImageFolder(args.images)  # refuse a missing folder before loading the model

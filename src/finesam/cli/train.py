@@ -17,7 +17,7 @@ from ..data.layouts import parse_spec
 from ..errors import InvalidInputError
 from ..registry import model_names
 from ..train.engine import LAST, LOSS_PLOT, METRICS, TrainConfig, train
-from ..train.export import FINAL, FINAL_DECODER
+from ..train.final_checkpoint import FINAL, FINAL_DECODER
 from ..train.recipes import RECIPES
 from .model_options import add_device_option
 

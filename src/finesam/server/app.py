@@ -38,7 +38,7 @@ from ..data.images import ImageReadError, pixel_limit, read_image
 from ..errors import FinesamError, InvalidInputError
 from ..optional import require
 from .cache import FeatureCache
-from .export import ImageFolder, export_zip
+from .annotations import ImageFolder, export_zip
 from .sessions import Annotator, BrowserSession, ConflictError, NotFoundError, NotSavedError, OpenImage
 
 STATIC = Path(__file__).resolve().parent / "static"

@@ -54,7 +54,7 @@ from ..modeling.tiny_vit import TinyViT
 from ..predict.predictor import SamPredictor
 from ..registry import get_spec
 from .data import Augmentation, _open_source, sample_rng, torch_generator
-from .feature_cache import FeatureCache, _file_identity
+from .feature_cache import EncodedViewCache, _file_identity
 from .prompts import FOREGROUND_ABOVE
 from .recipes import Recipe
 from .validation import open_validation_sets
@@ -247,7 +247,7 @@ class DistillImages(Dataset):
 class _CachedDistillView(Dataset):
     """Cached teacher embeddings of one view, each with the augmented image they were computed on."""
 
-    def __init__(self, cache: FeatureCache, images: DistillImages, epoch: int) -> None:
+    def __init__(self, cache: EncodedViewCache, images: DistillImages, epoch: int) -> None:
         self.cached = cache.epoch_view(epoch)
         self.images = images.at_epoch(epoch % cache.views)
 
@@ -265,17 +265,17 @@ def collate_distill(samples: Sequence[dict]) -> dict[str, Any]:
     return batch
 
 
-def distill_loader(images: DistillImages, cache: FeatureCache | None, batches: list[list[int]], epoch: int, workers: int) -> DataLoader:
+def distill_loader(images: DistillImages, cache: EncodedViewCache | None, batches: list[list[int]], epoch: int, workers: int) -> DataLoader:
     """The epoch's batches: fresh images (the teacher runs in the step) or cached embeddings + their views."""
     dataset: Dataset = _CachedDistillView(cache, images, epoch) if cache is not None else images.at_epoch(epoch)
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate_distill)
 
 
 def prepare_teacher_cache(root: Path, teacher: Sam, images: DistillImages, config: Any, settings: dict,
-                          context: DistributedContext, dtype: torch.dtype, progress: bool) -> FeatureCache:
+                          context: DistributedContext, dtype: torch.dtype, progress: bool) -> EncodedViewCache:
     """The teacher's embeddings of every image and view, computed once (keyed by the teacher file)."""
     identity = {"teacher": config.teacher, "teacher_checkpoint": _file_identity(config.teacher_checkpoint)}
-    return FeatureCache.prepare(root, teacher, images, config, settings, context, dtype=dtype, progress=progress,
+    return EncodedViewCache.prepare(root, teacher, images, config, settings, context, dtype=dtype, progress=progress,
                                 identity=identity, extras=frozenset())
 
 

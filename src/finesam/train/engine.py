@@ -35,8 +35,8 @@ from ..registry import get_spec
 from .data import Augmentation, TrainingSet, check_training_data, collate_samples
 from .distill import (DistillStep, DistillValidation, build_distillation, check_distill_config, distill_images, distill_loader,
                       prepare_teacher_cache, teacher_embeddings)
-from .export import export_final
-from .feature_cache import FeatureCache, collate_cached
+from .final_checkpoint import export_final
+from .feature_cache import EncodedViewCache, collate_cached
 from .recipes import Recipe, get_recipe
 from .step import TrainStep
 from .validation import open_validation_sets, validate
@@ -327,7 +327,7 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
                                       dtype=getattr(torch, config.cache_dtype), progress=config.progress)
         teacher = None  # every embedding it gives is cached: free its memory
     elif config.cache_features:
-        cache = FeatureCache.prepare(Path(config.cache_features), model, dataset, config, settings, context,
+        cache = EncodedViewCache.prepare(Path(config.cache_features), model, dataset, config, settings, context,
                                      dtype=getattr(torch, config.cache_dtype), progress=config.progress)
     step_module = DistillStep(model) if recipe.distills else TrainStep(model, recipe, config.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -425,7 +425,7 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
     return TrainResult(out, global_step, float(first_loss or math.nan), float(last_loss or math.nan), files, validation)
 
 
-def _loader(dataset: TrainingSet, cache: "FeatureCache | None", batches: list[list[int]], epoch: int, workers: int,
+def _loader(dataset: TrainingSet, cache: "EncodedViewCache | None", batches: list[list[int]], epoch: int, workers: int,
             seed: int) -> DataLoader:
     # the loader's own base seed (workers' seeds) from (seed, epoch), not from the global generator
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)

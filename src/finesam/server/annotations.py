@@ -1,4 +1,5 @@
-"""Export of an image's objects, and the ``--images DIR`` folder (listing, confinement, saving, resuming).
+"""An image's annotations as files (the download's zip, the saved folder), and the ``--images DIR``
+folder (listing, confinement, saving, resuming).
 
 Per image: ``instances.png`` (each pixel the id of its object, the last committed on top; 0
 background; 8-bit, or 16-bit from id 256 on), ``object_NNN.png`` (one 0/255 mask per object),
