@@ -31,7 +31,7 @@ from finesam.distributed import SINGLE_PROCESS
 from finesam.train.data import Augmentation, TrainingSet, collate_samples
 from finesam.train.distill import DistillStep, collate_distill, distill_images, prepare_teacher_cache, teacher_embeddings
 from finesam.train.engine import set_trainable
-from finesam.train.feature_cache import FeatureCache, collate_cached
+from finesam.train.feature_cache import EncodedViewCache, collate_cached
 from finesam.train.losses import point_sampled_mask_loss
 from finesam.train.recipes import get_recipe
 from finesam.train.step import TrainStep
@@ -158,10 +158,10 @@ def main() -> None:
 
         ours_seconds = timed(lambda: ours_step(lambda: step.encode(batch["image"])), args.steps)
 
-        class Config:  # what FeatureCache.prepare reads of a run's settings
+        class Config:  # what EncodedViewCache.prepare reads of a run's settings
             model, init, init_decoder, random_weights, seed, cached_views = OURS[args.model], None, None, True, 0, 1
 
-        cache = FeatureCache.prepare(Path(tmp) / "cache", model, dataset, Config, {"data": [["bench", str(root)]]},
+        cache = EncodedViewCache.prepare(Path(tmp) / "cache", model, dataset, Config, {"data": [["bench", str(root)]]},
                                      SINGLE_PROCESS, torch.float16, progress=False)
         view = cache.epoch_view(0)
 

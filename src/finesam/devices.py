@@ -31,10 +31,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise InvalidInputError(f"unknown device {device!r}: use {DEVICE_CHOICES}")
     if text.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise InvalidInputError(f"device {text!r} asked for, but this machine has no CUDA GPU: use --device cpu or auto")
+            raise InvalidInputError(f"device {text!r} asked for, but this machine has no CUDA GPU: use `device` cpu or auto",
+                                    parameters=("device",))
         index = int(text.split(":")[1]) if ":" in text else 0
         if index >= torch.cuda.device_count():
             raise InvalidInputError(f"device {text!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     if text == "mps" and not _mps_available():
-        raise InvalidInputError("device 'mps' asked for, but Apple's MPS is not available here: use --device cpu or auto")
+        raise InvalidInputError("device 'mps' asked for, but Apple's MPS is not available here: use `device` cpu or auto",
+                                parameters=("device",))
     return torch.device(text)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from finesam import cli
-from finesam.cli import segment as segment_command
+from finesam.cli import model_options
 
 BOX = ["--box", "10", "10", "60", "50"]
 
@@ -30,7 +30,7 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad argument was refused")
 
-    monkeypatch.setattr(segment_command, "load", refuse)
+    monkeypatch.setattr(model_options, "load", refuse)
 
 
 def run_segment(args, capsys):

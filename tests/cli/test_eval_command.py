@@ -123,7 +123,7 @@ def test_pi_clicks_run_without_hce(tmp_path):
         ([], "X={tmp}/nowhere", "folder .*nowhere does not exist"),
         ([], "X={tmp}", "no known layout"),
         (["--checkpoint", "{tmp}/none.pt"], None, "exclude each other"),
-        (["--decoder-checkpoint", "{tmp}/dec.pth"], None, "random_weights=True and a checkpoint exclude each other"),
+        (["--decoder-checkpoint", "{tmp}/dec.pth"], None, "--random-weights and --checkpoint / --decoder-checkpoint exclude each other"),
         (["--limit", "0"], None, "--limit must be >= 1"),
         (["--hq-output", "sum"], None, "--hq-output applies to HQ-SAM models; mobile_sam has no HQ output"),
     ],

@@ -111,9 +111,9 @@ def test_demo_includes_shared_images_when_present():
 def test_outputs_never_replace_the_input_image(image_file, tmp_path, capsys, monkeypatch):
     """--out / --overlay naming the photograph (also through a symlink, another spelling or a hard
     link) is refused before the model loads, and the photograph is left as it was."""
-    from finesam.cli import segment as segment_command
+    from finesam.cli import model_options
 
-    monkeypatch.setattr(segment_command, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(model_options, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     original = image_file.read_bytes()
     (tmp_path / "link.png").symlink_to(image_file)
     os.link(image_file, tmp_path / "hard.png")

@@ -21,7 +21,7 @@ from PIL import Image
 
 import finesam
 from finesam import cli
-from finesam.cli import segment as segment_command
+from finesam.cli import model_options
 from finesam.formats import decode_rle
 from finesam.modeling.sam import Sam
 
@@ -53,7 +53,7 @@ def encodings(monkeypatch, model):
         return cache[key]
 
     monkeypatch.setattr(Sam, "encode_image", encode_image)
-    monkeypatch.setattr(segment_command, "load", lambda *args, **kwargs: model)
+    monkeypatch.setattr(model_options, "load", lambda *args, **kwargs: model)
     return calls
 
 
@@ -199,7 +199,7 @@ def test_globs_and_automatic_masks(photos, tmp_path, encodings, capsys):
     (["--out", "{tmp}/o", "--prompts", "{tmp}/none.csv"], "no such file"),
 ])
 def test_refusals_come_before_any_work(photos, tmp_path, capsys, extra, fragment, monkeypatch):
-    monkeypatch.setattr(segment_command, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(model_options, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     code, _, err = run([photos, "--model", "mobile_sam", "--random-weights",
                         *[a.format(tmp=tmp_path) for a in extra]], capsys)
     assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
@@ -213,7 +213,7 @@ def test_pi_sam_correction_clicks_go_to_correct(tmp_path, capsys, encodings, mon
     pi_model = finesam.load("pi_vit_b_1block_cli_test", random_weights=True)
     with torch.no_grad():  # the interactor starts as an identity: make the clicks matter
         torch.nn.init.normal_(pi_model.mask_decoder.interactor.out_cov.weight, std=2.0, generator=torch.Generator().manual_seed(0))
-    monkeypatch.setattr(segment_command, "load", lambda name, *args, **kwargs: pi_model)
+    monkeypatch.setattr(model_options, "load", lambda name, *args, **kwargs: pi_model)
     calls = {}
     real_predict, real_correct = finesam.SamPredictor.predict, finesam.SamPredictor.correct
 
@@ -330,7 +330,7 @@ def test_rerun_with_fewer_objects_replaces_the_image_outputs_as_a_whole(photos, 
 
 
 def test_outputs_inside_out_never_land_on_an_input(photos, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(segment_command, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(model_options, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     out = tmp_path / "out"
     (out / "overlays").mkdir(parents=True)
     (out / "masks" / "0002").mkdir(parents=True)

@@ -128,4 +128,4 @@ def test_markdown_and_plots(tmp_path):
     summary["run"]["random_weights"] = False
     (plain,) = write_plots(summary, tmp_path)
     assert Image.open(plain).size == (1040, 400) and "Warning" not in Image.open(plain).text
-    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+    assert not list(tmp_path.glob(".*.part"))  # written atomically

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from finesam import cli
-from finesam.cli import segment as segment_command
+from finesam.cli import model_options
 
 IMAGE_SIZE = (70, 50)  # width, height
 
@@ -36,7 +36,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fast_models():
-    with cached_models(segment_command):
+    with cached_models(model_options):
         yield
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from finesam import cli
-from finesam.cli import eval as eval_command
+from finesam.cli import model_options
 
 # A few fixed pictures, so that the (cached) encoder runs a handful of times in all.
 RNG = np.random.default_rng(9)
@@ -65,7 +65,7 @@ IMAGE_SHAPES = {"rgb": None, "jpeg": None, "strip": (1, None), "pixel": (1, 1), 
 
 @pytest.fixture(scope="module")
 def fast_model():
-    with cached_models(eval_command):
+    with cached_models(model_options):
         yield
 
 

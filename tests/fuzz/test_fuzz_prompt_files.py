@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from finesam import cli
-from finesam.cli import segment as segment_command
+from finesam.cli import model_options
 from finesam.data.prompt_files import PromptFileError, group_by_image, read_prompt_file
 from finesam.errors import FinesamError
 from finesam.formats import read_coco_results
@@ -341,7 +341,7 @@ def done_command_run(tmp_path_factory):
         Image.fromarray(image).save(root / f"{stem}.png")
     args = ["segment", str(root / "0001.png"), str(root / "0002.png"), "--model", "mobile_sam", "--random-weights",
             "--box", "1", "1", "20", "20", "--format", "png,coco"]
-    with cached_models(segment_command):
+    with cached_models(model_options):
         assert cli.main([*args, "--out", str(root / "done")]) == 0
         yield args, root / "done"
 

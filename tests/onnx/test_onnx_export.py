@@ -160,9 +160,9 @@ def test_pi_matches_torch_predict_and_correct(tmp_path, real_image):
     (["--model", "mobile_sam", "--checkpoint", "x.pth"], "--random-weights"),
 ])
 def test_bad_options_are_refused_before_loading(tmp_path, capsys, monkeypatch, args, fragment):
-    from finesam.cli import segment
+    from finesam.cli import model_options
 
-    monkeypatch.setattr(segment, "load", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.setattr(model_options, "load", lambda *a, **k: pytest.fail("the model must not load"))
     out = tmp_path / "out"
     code = cli.main(["export", "onnx", *args, "--random-weights", "--out", str(out)])
     err = capsys.readouterr().err

@@ -329,7 +329,7 @@ def test_serve_command_prints_the_url_and_warns_off_loopback(monkeypatch, capsys
     uvicorn = pytest.importorskip("uvicorn")
     started = []
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **_: started.append((host, port)))
-    monkeypatch.setattr("finesam.cli.serve.load", lambda name, *_, **__: shared_model())  # loading is tested elsewhere
+    monkeypatch.setattr("finesam.cli.model_options.load", lambda name, *_, **__: shared_model())  # loading is tested elsewhere
     assert cli.main(["serve", "--model", "mobile_sam", "--random-weights", "--port", "8123"]) == 0
     assert started == [("127.0.0.1", 8123)]
     captured = capsys.readouterr()

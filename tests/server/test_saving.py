@@ -68,13 +68,13 @@ def _read_only_folder(folder, monkeypatch):
         folder.chmod(0o555)
         return "Permission denied", lambda: folder.chmod(0o755)
     # root writes through a read-only mode: the write fails as it would for a user
-    import finesam.checkpoints.files as files
+    import finesam.outputs as outputs
 
-    def refuse(path, write):
+    def refuse(path, content):
         raise PermissionError(13, "Permission denied", str(path.parent))
 
-    monkeypatch.setattr("finesam.server.export.write_atomically", refuse)
-    return "Permission denied", lambda: monkeypatch.setattr("finesam.server.export.write_atomically", files.write_atomically)
+    monkeypatch.setattr("finesam.server.annotations.write_bytes_atomically", refuse)
+    return "Permission denied", lambda: monkeypatch.setattr("finesam.server.annotations.write_bytes_atomically", outputs.write_bytes_atomically)
 
 
 @pytest.mark.parametrize("obstacle", [_block_annotations_json, _block_output_folder, _read_only_folder],

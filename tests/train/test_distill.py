@@ -24,7 +24,7 @@ from finesam.cli import main
 from finesam.registry import REGISTRY
 from finesam.train.distill import init_student_encoder
 from finesam.train.engine import LAST, METRICS, TrainConfig, train
-from finesam.train.export import FINAL
+from finesam.train.final_checkpoint import FINAL
 
 from .conftest import ECSSD, PYTHON, subprocess_env
 from .test_engine import free_port

@@ -17,7 +17,7 @@ import finesam
 from finesam.checkpoints.files import read_state_dict
 from finesam.errors import InvalidInputError
 from finesam.train.engine import LAST, METRICS, TrainConfig, train
-from finesam.train.export import FINAL, FINAL_DECODER
+from finesam.train.final_checkpoint import FINAL, FINAL_DECODER
 
 from parity import assert_outputs_close
 from .conftest import PYTHON, SMALL_ENCODER, subprocess_env
@@ -121,13 +121,13 @@ def test_hq_export_loads_strictly_in_segment_anything_hq(hq_run, real_image):
 
 
 def test_bad_options_are_refused_before_work(tmp_path, small_models, few_images):
-    with pytest.raises(InvalidInputError, match="exactly one of --init"):
+    with pytest.raises(InvalidInputError, match="exactly one of init"):
         train(config(tmp_path, few_images, random_weights=False))
     with pytest.raises(InvalidInputError, match="does not have"):
         train(config(tmp_path, few_images, "pi-stage1", model="train_test_hq"))
     with pytest.raises(InvalidInputError, match="matches no parameter"):
         train(config(tmp_path, few_images, trainable=("mask_decoder.nonexistent",)))
-    with pytest.raises(InvalidInputError, match="--resume"):
+    with pytest.raises(InvalidInputError, match="resume"):
         train(config(tmp_path, few_images, resume=True))
     assert not (tmp_path / "run").exists()
 
@@ -259,7 +259,7 @@ def test_resume_refuses_another_frozen_base_or_arithmetic(tmp_path, small_models
         settings = {**dict(random_weights=False, init=init), **overrides}
         if settings.get("random_weights"):
             settings["init"] = None
-        with pytest.raises(InvalidInputError, match="--resume with different settings") as error:
+        with pytest.raises(InvalidInputError, match="resume with different settings") as error:
             train(config(tmp_path, few_images, **settings, **resume))
         assert named in str(error.value) and "\n" not in str(error.value)
     state = torch.load(official_sam_file, weights_only=True)

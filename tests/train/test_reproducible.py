@@ -12,7 +12,7 @@ import torch
 
 from finesam.checkpoints.files import read_state_dict
 from finesam.train.engine import METRICS, RUN_INFO, TrainConfig, train
-from finesam.train.export import FINAL
+from finesam.train.final_checkpoint import FINAL
 
 from .conftest import PYTHON, subprocess_env
 

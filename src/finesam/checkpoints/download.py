@@ -8,6 +8,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..outputs import write_atomically
 from .files import CheckpointError, CheckpointNotFoundError
 
 
@@ -33,7 +34,7 @@ def checkpoint_dirs() -> list[Path]:
     return dirs
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
@@ -44,19 +45,18 @@ def sha256_of(path: Path) -> str:
 def _download(file: CheckpointFile, target: Path) -> None:
     from tqdm import tqdm
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(target.suffix + ".part")
-    with urllib.request.urlopen(file.url, timeout=30) as response, open(partial, "wb") as out, tqdm(
-        total=file.size, unit="B", unit_scale=True, desc=file.filename
-    ) as bar:
-        for chunk in iter(lambda: response.read(1 << 20), b""):
-            out.write(chunk)
-            bar.update(len(chunk))
-    digest = sha256_of(partial)
-    if not file.matches(digest):
-        partial.unlink()
-        raise CheckpointError(f"downloaded {file.filename} has sha256 {digest}, expected {file.sha256}: not kept")
-    partial.rename(target)
+    def fetch_checked(partial: str) -> None:  # renamed over the target only when its sha256 matches
+        with urllib.request.urlopen(file.url, timeout=30) as response, open(partial, "wb") as out, tqdm(
+            total=file.size, unit="B", unit_scale=True, desc=file.filename
+        ) as bar:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                out.write(chunk)
+                bar.update(len(chunk))
+        digest = sha256_of(partial)
+        if not file.matches(digest):
+            raise CheckpointError(f"downloaded {file.filename} has sha256 {digest}, expected {file.sha256}: not kept")
+
+    write_atomically(target, fetch_checked)
 
 
 def find_checkpoint(model_name: str, file: CheckpointFile | None, download: bool = True) -> Path:

@@ -1,15 +1,16 @@
-"""Reading, checking, key-mapping and writing state dicts (official ``.pth``/``.pt`` and ``.safetensors``)."""
+"""Reading, checking, key-mapping and writing state dicts (official ``.pth``/``.pt`` and ``.safetensors``);
+written through :func:`finesam.outputs.write_atomically`."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
 
 from ..errors import FinesamError
+from ..outputs import write_atomically
 
 
 class CheckpointError(FinesamError, ValueError):
@@ -63,42 +64,8 @@ def write_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike)
 
 
 def save_atomically(obj: object, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to a temporary file beside ``path``, then rename it over ``path``."""
+    """``torch.save(obj)`` atomically (:func:`finesam.outputs.write_atomically`)."""
     return write_atomically(Path(path), lambda temporary: torch.save(obj, temporary))
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (os.umask is not thread-safe)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomically(path: Path, write: Callable[[str], object]) -> Path:
-    """Run ``write(temporary_path)`` in ``path``'s folder, then rename the result over ``path``:
-    a crash leaves the old file or none, never a half-written one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) atomically (:func:`write_atomically`)."""
-    return write_atomically(Path(path), lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
 
 
 def _rename(state: Mapping[str, torch.Tensor], pairs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:

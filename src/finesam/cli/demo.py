@@ -1,6 +1,6 @@
 """`make demo`: segment bundled photographs (scikit-image) and ../shared/data/demo when present.
 
-    python -m finesam.cli.demo [--model hq_vit_tiny] [--checkpoint F] [--random-weights] [--out demo-output]
+    python -m finesam.cli.demo [--model hq_vit_tiny] [--checkpoint F | --random-weights] [--out demo-output]
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from typing import Iterator
 
 import numpy as np
 
-from ..checkpoints import CheckpointError, CheckpointNotFoundError
 from ..data.images import read_image
-from ..optional import MissingExtraError, require
+from ..errors import FinesamError
+from ..optional import require
 from ..predict.predictor import SamPredictor
-from ..registry import model_names
 from . import EXIT_USAGE
-from .segment import RANDOM_WEIGHTS_WARNING, Prompts, load_model, segment, write_outputs
+from .model_options import RANDOM_WEIGHTS_WARNING, add_model_options, load_model
+from .segment import Prompts, segment, write_outputs
 
 # Prompts chosen for scikit-image's bundled photographs (pixels of the original image).
 SKIMAGE_JOBS = [
@@ -58,16 +58,14 @@ def demo_jobs(shared_dir: Path = SHARED_DEMO_DIR) -> Iterator[tuple[str, np.ndar
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="finesam-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="hq_vit_tiny", choices=model_names())
-    parser.add_argument("--checkpoint")
-    parser.add_argument("--random-weights", action="store_true")
+    add_model_options(parser, decoder=False, device=False)
     parser.add_argument("--out", default="demo-output")
     parser.add_argument("--shared-demo", type=Path, default=SHARED_DEMO_DIR, help="extra demo images (used when present)")
     args = parser.parse_args(argv)
     try:
         require("skimage.data", "the demo's bundled photographs", extra="demo")
-        model = load_model(args.model, args.checkpoint, args.random_weights)
-    except (CheckpointNotFoundError, CheckpointError, MissingExtraError, ValueError) as error:
+        model = load_model(args)
+    except (FinesamError, ValueError) as error:  # a missing or damaged checkpoint, the extra, an unknown model
         print(f"finesam demo: {error}", file=sys.stderr)
         print("finesam demo: to check the pipeline without weights, run `make demo DEMO_ARGS=--random-weights`", file=sys.stderr)
         return EXIT_USAGE

@@ -19,18 +19,18 @@ import time
 import warnings
 
 from ..data import DatasetError, open_dataset
-from ..devices import DEVICE_CHOICES, resolve_device
+from ..devices import resolve_device
 from ..distributed import init_distributed, launched_by_torchrun, process_device, shutdown
 from ..errors import FinesamError, InvalidInputError
 from ..evaluation.protocols import PROTOCOLS, has_output_modes, make_protocol
 from ..evaluation.report import RANDOM_WEIGHTS_WARNING
 from ..evaluation.runner import MASKS_FOLDER, evaluate
-from ..loading import load
 from ..modeling.decoder_api import HQ_OUTPUTS
 from ..optional import require
 from ..outputs import check_output_dir
 from ..predict.predictor import SamPredictor
-from ..registry import get_spec, model_names
+from ..registry import get_spec
+from .model_options import add_model_options, load_model
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -42,17 +42,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "--out; rerun the same command to resume. Under torchrun --nproc-per-node N the images are split "
                     "over the processes and rank 0 writes the merged outputs.",
     )
-    parser.add_argument("--model", required=True, metavar="NAME", help=f"model name: {', '.join(model_names())}, or one added with finesam.register_model")
-    parser.add_argument("--checkpoint", help="weights file (default: $FINESAM_CHECKPOINTS or ~/.cache/finesam, else download)")
-    parser.add_argument("--decoder-checkpoint", help="decoder weights file (Pi-SAM models)")
-    parser.add_argument("--random-weights", action="store_true", help="seeded random weights: checks the pipeline only")
+    add_model_options(parser, default_model=None)
     parser.add_argument("--data", required=True, nargs="+", action="extend", metavar="NAME=PATH",
                         help="data set(s): NAME picks the layout when known (DIS-VD, COIFT, HRSOD-TE, ThinObject5K-TE, "
                              "UHRSD-TE, ECSSD, DUTS-TE, BIG-val, GrabCut, ...), else it is detected from the folder")
     parser.add_argument("--protocol", required=True, choices=PROTOCOLS, help="evaluation protocol")
     parser.add_argument("--out", required=True, help="output folder (resumed when it holds a run with the same settings)")
     parser.add_argument("--limit", type=int, help="first N images (by name) of each data set")
-    parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto: CUDA, then MPS, then the CPU)")
     parser.add_argument("--no-hce", action="store_true", help="skip the human correction effort (slow on large masks)")
     parser.add_argument("--hq-output", choices=HQ_OUTPUTS,
                         help="HQ models only: which logits (default hq_only, as HQ-SAM's evaluation)")
@@ -64,15 +60,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
-
-
-def _load_model(args: argparse.Namespace, device: str):
-    options = {"device": device}
-    if args.decoder_checkpoint:  # Pi-SAM's second file; passed only when given
-        options["decoder_checkpoint"] = args.decoder_checkpoint
-    if args.random_weights and args.checkpoint:
-        raise InvalidInputError("--random-weights and --checkpoint exclude each other")
-    return load(args.model, args.checkpoint, random_weights=args.random_weights, **options)
 
 
 def _protocol_options(args: argparse.Namespace) -> dict:
@@ -117,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     protocol = make_protocol(args.protocol, **_protocol_options(args))
     datasets, dataset_warnings = _open_datasets(args.data)
     # under torchrun each rank moves the model to its own device once the process group exists
-    model = _load_model(args, "cpu" if launched_by_torchrun() else device)
+    model = load_model(args, "cpu" if launched_by_torchrun() else device, warn=False)  # rank 0 warns below
     predictor = SamPredictor(model)
     protocol.check(predictor)
     if args.hq_output is not None and not has_output_modes(predictor):

@@ -6,13 +6,12 @@ import argparse
 
 import torch
 
-from ..errors import InvalidInputError
 from ..modeling.decoder_api import HQ_OUTPUTS
 from ..onnx.export import LAYOUTS, QUANTIZE
 from ..optional import require
 from ..outputs import check_output_dir
-from ..registry import get_spec, model_names
-from .segment import load_model
+from ..registry import get_spec
+from .model_options import add_model_options, check_model_options, load_model
 
 EPILOG = """\
 writes DIR/encoder.onnx (preprocessed 1x3x1024x1024 image -> image_embeddings and the extras the decoder reads),
@@ -36,11 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     onnx = formats.add_parser("onnx", help="encoder and decoder graphs for onnxruntime", epilog=EPILOG,
                               description="Export a model's encoder and decoder as ONNX graphs.",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    onnx.add_argument("--model", required=True, metavar="NAME",
-                      help=f"model name: {', '.join(model_names())}, or one added with finesam.register_model")
-    onnx.add_argument("--checkpoint", help="weights file (default: $FINESAM_CHECKPOINTS or ~/.cache/finesam, else download)")
-    onnx.add_argument("--decoder-checkpoint", help="decoder weights file (Pi-SAM models)")
-    onnx.add_argument("--random-weights", action="store_true", help="seeded random weights: checks the pipeline only")
+    add_model_options(onnx, default_model=None, device=False)  # traced on the CPU
     onnx.add_argument("--out", required=True, metavar="DIR", help="output folder (encoder.onnx, decoder.onnx, ...)")
     onnx.add_argument("--opset", type=int, default=17, help="ONNX opset, 16 to 20 (default 17)")
     onnx.add_argument("--single-mask", action="store_true",
@@ -74,12 +69,11 @@ def run(args: argparse.Namespace) -> int:
     if args.quantize:
         require("onnxruntime.quantization", "finesam export onnx --quantize", "onnx")
     spec = get_spec(args.model)
-    if args.checkpoint and args.random_weights:
-        raise InvalidInputError("--random-weights and --checkpoint / --decoder-checkpoint exclude each other")
+    check_model_options(args)
     hq_token_only = True if args.hq_token_only else None
     with torch.device("meta"):
         export_mode(spec.build(), args.multimask, hq_token_only, args.hq_output, args.single_mask, args.layout)
-    model = load_model(args.model, args.checkpoint, args.random_weights, "cpu", decoder_checkpoint=args.decoder_checkpoint)
+    model = load_model(args, "cpu")
     files = export_onnx(model, out, model_name=args.model, multimask=args.multimask, hq_token_only=hq_token_only,
                         hq_output=args.hq_output, opset=args.opset, external_data=True if args.external_data else None,
                         random_weights=args.random_weights, single_mask=args.single_mask, layout=args.layout,

@@ -13,11 +13,11 @@ import sys
 
 import torch
 
-from ..devices import DEVICE_CHOICES, resolve_device
+from ..devices import resolve_device
 from ..errors import InvalidInputError
 from ..optional import require
-from ..registry import get_spec, model_names
-from .segment import load_model
+from ..registry import get_spec
+from .model_options import add_model_options, check_model_options, load_model
 
 EPILOG = """\
 examples:
@@ -37,12 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "label-studio", help="a Label Studio ML backend: brush masks from clicks and boxes",
         description="Serve a model as a Label Studio ML backend for interactive segmentation.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="hq_vit_tiny", metavar="NAME",
-                        help=f"model name (default hq_vit_tiny): {', '.join(model_names())}")
-    parser.add_argument("--checkpoint", help="weights file (default: $FINESAM_CHECKPOINTS or ~/.cache/finesam, else download)")
-    parser.add_argument("--decoder-checkpoint", metavar="FILE", help="Pi-SAM models: the official decoder file")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="seeded random weights: checks the connection, masks are meaningless")
+    add_model_options(parser, random_weights_check="checks the connection")
     parser.add_argument("--auto", action="store_true",
                         help="tasks without prompts (Retrieve predictions) get every object from the automatic mask generator")
     parser.add_argument("--points-per-side", type=int, default=32, metavar="N", help="--auto: a grid of N x N points (default 32)")
@@ -58,7 +53,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--cache-mb", type=float, default=1024,
                         help="memory for image features, least recently used dropped first (default 1024 MB)")
     parser.add_argument("--max-image-mb", type=float, default=100, help="largest image download (default 100 MB)")
-    parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto: CUDA, then MPS, then the CPU)")
     return parser
 
 
@@ -86,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("give both --basic-auth-user and --basic-auth-pass (or $BASIC_AUTH_USER and $BASIC_AUTH_PASS), or neither")
     if args.points_per_side < 1:
         raise InvalidInputError(f"--points-per-side must be at least 1, got {args.points_per_side}")
+    check_model_options(args)
     require("fastapi", "finesam label-studio", "serve")  # both refused before the model loads
     uvicorn = require("uvicorn", "finesam label-studio", "serve")
     from ..label_studio.app import create_app
@@ -101,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         with torch.device("meta"):  # refuse a model without point prompts (Pi-SAM) before loading it
             AutomaticMaskGenerator(get_spec(args.model).build(), points_per_side=args.points_per_side)
     device = resolve_device(args.device)
-    model = load_model(args.model, args.checkpoint, args.random_weights, device, decoder_checkpoint=args.decoder_checkpoint)
+    model = load_model(args, device)
     generator = AutomaticMaskGenerator(model, points_per_side=args.points_per_side) if args.auto else None
     backend = Backend(model, args.model, reader, FeatureCache(int(args.cache_mb * 1e6)), host=host,
                       auto_generator=generator, random_weights=args.random_weights)

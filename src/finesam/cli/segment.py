@@ -17,14 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import LOSSY_SUFFIXES, MASK_FORMATS, check_image_path, check_mask_path, overlay, read_image, save_mask, save_overlay
+from ..data.images import MASK_FORMATS, check_image_path, check_mask_path, overlay, read_image, save_mask, save_overlay
 from ..data.prompt_files import FORMATS_HELP, group_by_image, read_prompt_file
-from ..devices import DEVICE_CHOICES, resolve_device
+from ..devices import resolve_device
 from ..distributed import init_distributed, process_device, shutdown
 from ..errors import InvalidInputError
-from ..loading import load
 from ..modeling.decoder_api import HQ_OUTPUTS
-from ..outputs import check_output_dir
+from ..outputs import LOSSY_SUFFIXES, check_output_dir
 from ..pipeline.folder import (
     OUTPUT_FORMATS,
     BatchReport,
@@ -33,6 +32,7 @@ from ..pipeline.folder import (
     ObjectPrompt,
     automatic_objects,
     check_image_prompts,
+    check_object_prompt,
     check_outputs_spare_inputs,
     check_resumable,
     collect_images,
@@ -42,9 +42,9 @@ from ..pipeline.folder import (
     run_batch,
 )
 from ..predict.predictor import SamPredictor, check_near_image, validate_boxes, validate_points
-from ..registry import get_spec, model_names
+from ..registry import get_spec
+from .model_options import RANDOM_WEIGHTS_WARNING, add_model_options, load_model
 
-RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: these masks are meaningless (pipeline check only)"
 DEFAULT_FORMATS = "png,coco"
 
 EPILOG = f"""\
@@ -104,17 +104,6 @@ def write_outputs(
         save_overlay(overlay(image, masks, prompts.boxes, prompts.points, prompts.labels, banner), overlay_path)
 
 
-def load_model(name: str, checkpoint: str | None, random_weights: bool, device: str = "cpu", **options):
-    """Load a model for the command line; random weights are those of ``finesam.load(name,
-    random_weights=True)`` (seed :data:`finesam.RANDOM_WEIGHTS_SEED`), so runs are repeatable."""
-    if random_weights:
-        if checkpoint or options.get("decoder_checkpoint"):
-            raise InvalidInputError("--random-weights and --checkpoint / --decoder-checkpoint exclude each other")
-        options.pop("decoder_checkpoint", None)
-        print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
-    return load(name, checkpoint, random_weights=random_weights, device=device, **options)
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``segment`` sub-command to an ``argparse`` sub-parsers object."""
     seg = subparsers.add_parser(
@@ -126,10 +115,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     seg.add_argument("inputs", nargs="+", metavar="INPUT",
                      help="image files, folders (their images) or glob patterns ('photos/**/*.jpg'); images are read as "
                           "displayed (EXIF orientation applied)")
-    seg.add_argument("--model", default="hq_vit_tiny", metavar="NAME",
-                     help=f"model name (default hq_vit_tiny): {', '.join(model_names())}, or one added with finesam.register_model")
-    seg.add_argument("--checkpoint", help="weights file (default: $FINESAM_CHECKPOINTS or ~/.cache/finesam, else download)")
-    seg.add_argument("--decoder-checkpoint", metavar="FILE", help="Pi-SAM models: the official decoder file (beside --checkpoint)")
+    add_model_options(seg)
     seg.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                      help="object box in pixels of the displayed image, for every image; repeat for several objects")
     seg.add_argument("--point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="foreground click")
@@ -151,9 +137,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help=f"--out DIR: any of {','.join(OUTPUT_FORMATS)}, comma-separated (default {DEFAULT_FORMATS})")
     seg.add_argument("--overwrite", action="store_true", help="--out DIR: redo images already done (default: skip them)")
     seg.add_argument("--overlay", help="with a mask file --out: output overlay PNG/JPEG")
-    seg.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto: CUDA, then MPS, then the CPU)")
-    seg.add_argument("--random-weights", action="store_true",
-                     help="seeded random weights, as finesam.load(NAME, random_weights=True): checks the pipeline, masks are meaningless")
     return seg
 
 
@@ -256,17 +239,16 @@ def _run_single(args: argparse.Namespace) -> int:
         if same_file(overlay_path, mask_path):
             raise InvalidInputError(f"--out and --overlay name the same file {args.out!r}: give two paths")
     image = read_image(args.inputs[0])
-    for box in prompts.boxes or [None]:  # every prompt, before the model loads
-        declared.check_prompts(image.shape[:2], np.array(prompts.points) if prompts.points else None,
-                               np.array(prompts.labels) if prompts.labels else None, box)
+    objects = object_prompts(prompts)
+    for prompt in objects:  # every prompt, before the model loads (as a folder run checks them)
+        check_object_prompt(declared, image.shape[:2], prompt)
     for point in args.fix_point + args.fix_negative:
         check_near_image("--fix-point/--fix-negative", np.array(point, dtype=float), image.shape[:2])
-    predictor = SamPredictor(load_model(args.model, args.checkpoint, args.random_weights, device,
-                                        decoder_checkpoint=args.decoder_checkpoint))
+    predictor = SamPredictor(load_model(args, device))
     predictor.set_image(image)
     settings = BatchSettings(multimask=args.multimask, hq_output=args.hq_output,
                              fix_points=tuple(map(tuple, args.fix_point)), fix_negatives=tuple(map(tuple, args.fix_negative)))
-    masks = [obj.mask for obj in predict_objects(predictor, object_prompts(prompts), settings)]  # as in folder runs
+    masks = [obj.mask for obj in predict_objects(predictor, objects, settings)]  # as in folder runs
     prompts.points += args.fix_point + args.fix_negative  # drawn on the overlay
     prompts.labels += [1] * len(args.fix_point) + [0] * len(args.fix_negative)
     banner = RANDOM_WEIGHTS_WARNING if args.random_weights else None
@@ -334,8 +316,7 @@ def _run_folder(args: argparse.Namespace) -> int:
     check_resumable(out, settings, args.overwrite, jobs)
     context = init_distributed(device)
     try:
-        model = load_model(args.model, args.checkpoint, args.random_weights, process_device(device, context),
-                           decoder_checkpoint=args.decoder_checkpoint)
+        model = load_model(args, process_device(device, context))
         report = run_batch(jobs, out, settings, _segmenter(model, settings), args.overwrite, context)
     finally:
         shutdown(context)

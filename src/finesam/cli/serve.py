@@ -8,25 +8,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..devices import DEVICE_CHOICES, resolve_device
+from ..devices import resolve_device
 from ..errors import InvalidInputError
-from ..loading import load
 from ..modeling.decoder_api import HQ_OUTPUTS
 from ..optional import require
-from ..registry import get_spec, model_names
-
-RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: these masks are meaningless (pipeline check only)"
+from ..registry import get_spec
+from .model_options import add_model_options, check_model_options, load_model
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``serve`` sub-command to an ``argparse`` sub-parsers object."""
     parser = subparsers.add_parser("serve", help="a local web page to segment objects with a box and clicks")
-    parser.add_argument("--model", default="hq_vit_tiny", metavar="NAME",
-                        help=f"model name (default hq_vit_tiny): {', '.join(model_names())}")
-    parser.add_argument("--checkpoint", help="weights file (default: $FINESAM_CHECKPOINTS or ~/.cache/finesam, else download)")
-    parser.add_argument("--decoder-checkpoint", help="decoder weights file (Pi-SAM models)")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="seeded random weights: checks the tool, masks are meaningless")
+    add_model_options(parser, random_weights_check="checks the tool")
     parser.add_argument("--images", metavar="DIR",
                         help="a folder of images to annotate; annotations are written to DIR/finesam-annotations/ (resumable)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -35,7 +28,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="memory for image features, least recently used dropped first (default 1024 MB)")
     parser.add_argument("--max-upload-mb", type=float, default=50, help="largest upload accepted (default 50 MB)")
     parser.add_argument("--hq-output", choices=HQ_OUTPUTS, help="HQ models: the initial output mode (changeable in the page)")
-    parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto: CUDA, then MPS, then the CPU)")
     return parser
 
 
@@ -45,21 +37,17 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--port must be 1..65535, got {args.port}")
     if not args.cache_mb >= 0 or not args.max_upload_mb > 0:
         raise InvalidInputError(f"--cache-mb must be >= 0 and --max-upload-mb > 0, got {args.cache_mb} and {args.max_upload_mb}")
-    if args.random_weights and args.checkpoint:
-        raise InvalidInputError("--random-weights and --checkpoint exclude each other")
+    check_model_options(args)
     require("fastapi", "finesam serve", "serve")  # both refused before the model loads
     uvicorn = require("uvicorn", "finesam serve", "serve")
     from ..server.app import create_app, is_loopback
-    from ..server.export import ImageFolder
+    from ..server.annotations import ImageFolder
 
     if args.images is not None:
         ImageFolder(args.images)  # refuse a missing folder before loading the model
     get_spec(args.model).capabilities.check_output_mode(args.hq_output, "--hq-output", args.model)
     device = resolve_device(args.device)
-    options = {"decoder_checkpoint": args.decoder_checkpoint} if args.decoder_checkpoint else {}
-    if args.random_weights:
-        print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
-    model = load(args.model, args.checkpoint, random_weights=args.random_weights, device=device, **options)
+    model = load_model(args, device)
     # On loopback, only loopback host names: a web page that rebinds its own name to 127.0.0.1 is refused.
     # (IPv6 literals are left out: Starlette's check cuts the Host header at the first colon.)
     hosts = ["127.0.0.1", "localhost", args.host] if is_loopback(args.host) and ":" not in args.host else None

@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 from ..data.layouts import parse_spec
-from ..devices import DEVICE_CHOICES
 from ..errors import InvalidInputError
 from ..registry import model_names
 from ..train.engine import LAST, LOSS_PLOT, METRICS, TrainConfig, train
-from ..train.export import FINAL, FINAL_DECODER
+from ..train.final_checkpoint import FINAL, FINAL_DECODER
 from ..train.recipes import RECIPES
+from .model_options import add_device_option
 
 EPILOG = f"""recipes (official defaults; every one can be overridden):
 {chr(10).join(f"  {r.name:10} {r.description}; lr {r.lr:g}, {r.epochs} epochs, batch {r.batch_size}/process, "
@@ -101,7 +101,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--cached-views", type=int, default=1, metavar="K", help="augmented views cached per image (default 1)")
     parser.add_argument("--cache-dtype", default="float16", choices=("float16", "bfloat16"), help="storage dtype of cached features")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPUs; CPUs with AMX or AVX512-BF16)")
-    parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto: CUDA, then MPS, then the CPU)")
+    add_device_option(parser)
     parser.add_argument("--workers", type=int, help="data-loader processes (default: the official heuristic, bounded by the CPUs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser

@@ -16,18 +16,16 @@ Every image finesam opens (library, data sets, command line) goes through one re
 
 Writers (:func:`save_mask`, :func:`save_overlay`) check the path first
 (:func:`check_mask_path`, :func:`check_image_path`: call them before any slow work, e.g.
-before loading a model), and write atomically: a temporary file in the target folder,
-renamed over the target with ``os.replace``, removed if anything fails.
+before loading a model), and write atomically, both through :mod:`finesam.outputs`.
 """
 
 from __future__ import annotations
 
 import numbers
 import os
-import secrets
 import threading
 import warnings
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -35,8 +33,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from ..errors import FinesamError, InvalidInputError
-from ..outputs import check_writable_parent
+from ..errors import FinesamError, InvalidInputError, describe_error
+from ..outputs import check_output_file, save_image_atomically
 
 PALETTE = np.array(
     [[30, 144, 255], [255, 99, 71], [50, 205, 50], [255, 215, 0], [186, 85, 211], [0, 206, 209]], dtype=np.float32
@@ -62,8 +60,6 @@ PIXEL_LIMIT_ENV = "FINESAM_MAX_PIXELS"
 MASK_FORMATS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
 #: Formats an overlay may be written in, by (lower-case) suffix.
 OVERLAY_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
-#: Suffixes of lossy formats: a mask written in one would not stay 0/255.
-LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".webp")
 #: PIL modes of one band with more than 8 bits per pixel, mapped by :func:`depth_to_uint8`.
 HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16LS", "I;16BS", "I;32", "F")
 
@@ -172,11 +168,6 @@ def as_displayed(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def _describe(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def _open_displayed(path: Path, limit: int, label: str) -> Image.Image:
     """Open ``path``, check the header size, decode, apply the EXIF orientation (in place)."""
     try:
@@ -187,7 +178,7 @@ def _open_displayed(path: Path, limit: int, label: str) -> Image.Image:
     except (MemoryError, FinesamError):
         raise
     except Exception as error:  # PIL raises many kinds of error on a damaged header
-        raise ImageReadError(f"cannot read {label}: {_describe(error)}. Is the file damaged?") from error
+        raise ImageReadError(f"cannot read {label}: {describe_error(error)}. Is the file damaged?") from error
     try:
         width, height = image.size
         problem = _size_problem(height, width, limit, label)  # from the header: nothing decoded yet
@@ -201,7 +192,7 @@ def _open_displayed(path: Path, limit: int, label: str) -> Image.Image:
         except (MemoryError, FinesamError):
             raise
         except Exception as error:
-            raise ImageReadError(f"cannot decode {label}: {_describe(error)}. Is the file truncated or damaged?") from error
+            raise ImageReadError(f"cannot decode {label}: {describe_error(error)}. Is the file truncated or damaged?") from error
         return image
     except BaseException:
         image.close()
@@ -420,33 +411,11 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
         except FinesamError as error:
             raise ImageReadError(str(error)) from error
         except Exception as error:  # e.g. a colour mode PIL cannot convert to RGB
-            raise ImageReadError(f"cannot convert {label} (PIL mode {image.mode}) to RGB: {_describe(error)}. "
+            raise ImageReadError(f"cannot convert {label} (PIL mode {image.mode}) to RGB: {describe_error(error)}. "
                                  "Save it as an RGB or greyscale PNG/JPEG.") from error
 
 
 # --- writing -------------------------------------------------------------------------------------
-def _check_output_path(path, formats: dict[str, str], what: str, example: str) -> tuple[Path, str]:
-    if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise ImageWriteError(f"the {what} path must be a file name like {example!r}, got {path!r}")
-    path = Path(path)
-    allowed = ", ".join(sorted(set(formats)))
-    if path.is_dir():
-        raise ImageWriteError(f"cannot write the {what} to {str(path)!r}: it is a folder; "
-                              f"give a file name such as {str(path / example)!r}")
-    suffix = path.suffix.lower()
-    if suffix not in formats:
-        if suffix in LOSSY_SUFFIXES:
-            raise ImageWriteError(
-                f"cannot write the {what} to {str(path)!r}: {suffix} is a lossy format, which changes pixel values "
-                f"around edges so a 0/255 mask would not stay 0/255; use a lossless one: {allowed}"
-            )
-        found = f"the unknown extension {path.suffix!r}" if suffix else "no extension"
-        raise ImageWriteError(f"cannot write the {what} to {str(path)!r}: it has {found}; the format comes from "
-                              f"the extension, one of {allowed} (e.g. {example!r})")
-    check_writable_parent(path, what, ImageWriteError)
-    return path, formats[suffix]
-
-
 def check_mask_path(path: str | os.PathLike) -> Path:
     """Check that a mask can be written to ``path`` (without writing anything) and return it.
 
@@ -455,34 +424,13 @@ def check_mask_path(path: str | os.PathLike) -> Path:
     .jpeg, .webp), a path under a file, a folder that is not writable. Missing parent folders
     are fine (they are created when writing).
     """
-    return _check_output_path(path, MASK_FORMATS, "mask", "mask.png")[0]
+    return check_output_file(path, MASK_FORMATS, "mask", "mask.png", ImageWriteError)[0]
 
 
 def check_image_path(path: str | os.PathLike) -> Path:
     """As :func:`check_mask_path` for an output picture (an overlay), which may be PNG (.png) or
     JPEG (.jpg, .jpeg)."""
-    return _check_output_path(path, OVERLAY_FORMATS, "overlay", "overlay.png")[0]
-
-
-
-def _write_atomically(image: Image.Image, path: Path, fmt: str, what: str, **params) -> None:
-    """Save to a temporary file in the target folder, then ``os.replace`` it over ``path``;
-    the temporary file is removed if anything fails, so ``path`` is never left half written."""
-    temp = path.with_name(f".{path.name[:80]}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as any new file (umask)
-        with os.fdopen(descriptor, "wb") as handle:
-            image.save(handle, format=fmt, **params)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException as error:
-        with suppress(OSError):
-            temp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise ImageWriteError(f"cannot write the {what} to {str(path)!r}: {_describe(error)}") from error
-        raise
+    return check_output_file(path, OVERLAY_FORMATS, "overlay", "overlay.png", ImageWriteError)[0]
 
 
 def save_mask(mask: np.ndarray, path: str | os.PathLike) -> None:
@@ -490,19 +438,19 @@ def save_mask(mask: np.ndarray, path: str | os.PathLike) -> None:
 
     The format comes from the suffix (see :func:`check_mask_path`, checked before anything else).
     """
-    path, fmt = _check_output_path(path, MASK_FORMATS, "mask", "mask.png")
+    path, fmt = check_output_file(path, MASK_FORMATS, "mask", "mask.png", ImageWriteError)
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.size == 0 or mask.dtype.kind not in "biuf":
         raise InvalidInputError(f"save_mask expects a non-empty (H, W) bool or numeric mask, got shape "
                                 f"{mask.shape} dtype {mask.dtype}; for (1, H, W) predictions pass masks[0]")
     pixels = np.where(mask, np.uint8(255), np.uint8(0))
-    _write_atomically(Image.fromarray(pixels), path, fmt, "mask")
+    save_image_atomically(Image.fromarray(pixels), path, fmt, "mask", ImageWriteError)
 
 
 def save_overlay(image: Image.Image | np.ndarray, path: str | os.PathLike) -> None:
     """Write an overlay (a PIL image, e.g. from :func:`overlay`, or (H, W, 3) uint8) as PNG or
     JPEG (from the suffix, see :func:`check_image_path`), atomically."""
-    path, fmt = _check_output_path(path, OVERLAY_FORMATS, "overlay", "overlay.png")
+    path, fmt = check_output_file(path, OVERLAY_FORMATS, "overlay", "overlay.png", ImageWriteError)
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
             raise InvalidInputError(f"save_overlay expects an (H, W, 3) uint8 image, got shape {image.shape} "
@@ -510,7 +458,7 @@ def save_overlay(image: Image.Image | np.ndarray, path: str | os.PathLike) -> No
         image = Image.fromarray(image)
     if fmt == "JPEG" and image.mode != "RGB":
         image = image.convert("RGB")
-    _write_atomically(image, path, fmt, "overlay", **({"quality": 95} if fmt == "JPEG" else {}))
+    save_image_atomically(image, path, fmt, "overlay", ImageWriteError, **({"quality": 95} if fmt == "JPEG" else {}))
 
 
 def overlay(

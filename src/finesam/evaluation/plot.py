@@ -11,7 +11,8 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from ..data.images import _write_atomically
+from ..data.images import ImageWriteError
+from ..outputs import save_image_atomically
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -101,5 +102,5 @@ def line_plot(path: str | os.PathLike, panels: Sequence[Panel], xlabel: str, yla
     for index, panel in enumerate(panels):
         draw_panel(draw, (index * width, top), panel, xlabel, ylabel, xlim, ylim, font, xticks)
     path = Path(path)
-    _write_atomically(image, path, "PNG", "plot", pnginfo=info)
+    save_image_atomically(image, path, "PNG", "plot", ImageWriteError, pnginfo=info)
     return path

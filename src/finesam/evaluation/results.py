@@ -28,6 +28,7 @@ import numpy as np
 from ..data import Sample
 from ..errors import InvalidInputError
 from ..metrics import METRIC_KEYS, MaskMetrics
+from ..outputs import write_atomically
 from .protocols import ClickOutcome, MaskOutcome, Protocol
 
 PROMPT_COLUMN = "prompt_original_px"  # the column's name says the frame of its coordinates
@@ -181,13 +182,14 @@ class ResultStore:
             return {}
 
     def _rewrite_csv(self) -> None:
-        temporary = self.csv_path.with_suffix(".csv.tmp")
-        with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(self.columns)
-            for row in self.rows:
-                writer.writerow([_text(row[c]) for c in self.columns])
-        temporary.replace(self.csv_path)
+        def write(temporary: str) -> None:
+            with open(temporary, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle, lineterminator="\n")
+                writer.writerow(self.columns)
+                for row in self.rows:
+                    writer.writerow([_text(row[c]) for c in self.columns])
+
+        write_atomically(self.csv_path, write)
         if self.with_curves:
             self._write_curves()
 
@@ -211,9 +213,11 @@ class ResultStore:
     def _write_curves(self) -> None:
         keys = sorted(self.curves)
         curves = np.stack([self.curves[k] for k in keys]) if keys else np.zeros((0, 2, 256))
-        temporary = self.dir / "curves.tmp.npz"
-        np.savez(temporary, keys=np.array(keys, dtype=str), curves=curves)
-        temporary.replace(self.curves_path)
+        def write(temporary: str) -> None:
+            with open(temporary, "wb") as handle:  # a handle: given a path, np.savez would append .npz
+                np.savez(handle, keys=np.array(keys, dtype=str), curves=curves)
+
+        write_atomically(self.curves_path, write)
         self._dirty = False
         self._last_flush = time.monotonic()
 

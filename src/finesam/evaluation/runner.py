@@ -25,13 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..checkpoints.files import write_text_atomically
 from ..data import FolderDataset
 from ..data.images import PIXEL_LIMIT_ENV, save_mask
 from ..distributed import SINGLE_PROCESS, DistributedContext, broadcast_from_main, gather_to_main, shard
 from ..errors import FinesamError, InvalidInputError, one_line
 from ..optional import MissingExtraError
-from ..outputs import check_output_dir
+from ..outputs import check_output_dir, write_text_atomically
 from ..predict.predictor import SamPredictor
 from .protocols import Protocol, SkipSample
 from .report import markdown, write_plots

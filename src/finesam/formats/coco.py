@@ -10,8 +10,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..checkpoints.files import write_atomically
 from ..errors import InvalidInputError
+from ..outputs import write_atomically
 from .rle import decode_rle, encode_rle, mask_bbox
 
 RESULT_FIELDS = ("image_id", "category_id", "bbox", "area", "score", "segmentation")

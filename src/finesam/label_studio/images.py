@@ -76,14 +76,15 @@ def parse_allowed_host(value: str) -> tuple[str, int | None]:
     """``--allow-host`` value ``HOST`` or ``HOST:PORT`` -> (lower-case host, port or None for any port)."""
     text = value.strip().lower()
     if not text or "/" in text or "@" in text:
-        raise InvalidInputError(f"--allow-host takes a host name or HOST:PORT (e.g. images.example.com), got {value!r}")
+        raise InvalidInputError(f"`allowed_hosts` takes a host name or HOST:PORT (e.g. images.example.com), got {value!r}",
+                                parameters=("allowed_hosts",))
     parts = urllib.parse.urlsplit(f"//{text}")
     try:
         port = parts.port
     except ValueError as error:
-        raise InvalidInputError(f"--allow-host {value!r} has an invalid port ({error})") from error
+        raise InvalidInputError(f"`allowed_hosts` {value!r} has an invalid port ({error})", parameters=("allowed_hosts",)) from error
     if not parts.hostname:
-        raise InvalidInputError(f"--allow-host takes a host name or HOST:PORT, got {value!r}")
+        raise InvalidInputError(f"`allowed_hosts` takes a host name or HOST:PORT, got {value!r}", parameters=("allowed_hosts",))
     return parts.hostname, port
 
 
@@ -107,7 +108,7 @@ class ImageReader:
                  max_pixels: int | None = None, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
         self.root = Path(root).resolve() if root is not None else None
         if self.root is not None and not self.root.is_dir():
-            raise InvalidInputError(f"--root {str(root)!r} is not a folder")
+            raise InvalidInputError(f"`root` {str(root)!r} is not a folder", parameters=("root",))
         self.allowed_hosts = tuple(parse_allowed_host(host) for host in allowed_hosts)
         self.max_bytes = int(max_bytes)
         self.max_pixels = max_pixels

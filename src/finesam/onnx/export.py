@@ -26,8 +26,7 @@ from ..errors import InvalidInputError
 from ..modeling.decoder_api import OutputMode
 from ..modeling.sam import Sam
 from ..optional import require
-from ..checkpoints.files import write_text_atomically
-from ..outputs import check_output_dir
+from ..outputs import check_output_dir, write_text_atomically
 from . import graphs
 
 METADATA_KEY = "finesam"
@@ -189,7 +188,7 @@ def _activation_products(traced: Path) -> list[str]:
     """Names of the MatMul nodes whose inputs are both activations (attention scores and
     values, the decoder's hypernetwork product), kept float32 explicitly: only weight MatMuls
     are quantized, whatever the quantizer's version would do with the others."""
-    onnx = require("onnx", "--quantize int8", "onnx")
+    onnx = require("onnx", "quantize='int8'", "onnx")
     graph = onnx.load(str(traced), load_external_data=False).graph
     constants = {tensor.name for tensor in graph.initializer}
     constants |= {output for node in graph.node if node.op_type == "Constant" for output in node.output}
@@ -200,7 +199,7 @@ def _activation_products(traced: Path) -> list[str]:
 def _quantize(traced: Path) -> Path:
     """onnxruntime's dynamic int8 quantization of the graph's weight MatMuls (weights int8 per
     channel, activations quantized at run time): the transformer layers' linear maps."""
-    quantization = require("onnxruntime.quantization", "--quantize int8", "onnx")
+    quantization = require("onnxruntime.quantization", "quantize='int8'", "onnx")
     quantized = traced.with_name("quantized-" + traced.name)
     large = sum(path.stat().st_size for path in traced.parent.iterdir()) > EXTERNAL_DATA_BYTES  # ViT-H: weights beside
     with warnings.catch_warnings(), _quiet_root_logger():

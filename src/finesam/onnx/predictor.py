@@ -67,8 +67,8 @@ def _graph_metadata(session, path: Path, graph: str) -> dict:
                                 f"this finesam reads format {FORMAT_VERSION}: {again}")
     layout = metadata.get("layout", DEFAULT_LAYOUT)
     if layout != DEFAULT_LAYOUT:
-        raise InvalidInputError(f"{str(path)!r} was exported with --layout {layout} (for that tool); OnnxPredictor "
-                                f"reads the default layout: export again without --layout")
+        raise InvalidInputError(f"{str(path)!r} was exported with layout={layout!r} (for that tool); OnnxPredictor "
+                                f"reads the default layout: export again with layout={DEFAULT_LAYOUT!r}")
     if metadata.get("graph") != graph:
         raise InvalidInputError(f"{str(path)!r} holds the {metadata.get('graph')!r} graph, not the {graph}: the files "
                                 f"were renamed or swapped; {again}")

@@ -38,17 +38,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from ..checkpoints.files import write_atomically, write_text_atomically
 from ..data.folders import IMAGE_EXTENSIONS
 from ..data.images import overlay, read_image, save_mask, save_overlay
 from ..data.prompt_files import DEFAULT_CATEGORY
 from ..distributed import SINGLE_PROCESS, DistributedContext, barrier, broadcast_from_main, gather_to_main, shard
 from ..errors import FinesamError, InvalidInputError, one_line
 from ..formats.coco import RESULT_FIELDS, results_entry, write_coco_results
+from ..formats.instances import instance_png
 from ..formats.polygons import mask_to_geojson, mask_to_polygons
+from ..outputs import write_bytes_atomically, write_text_atomically
 from ..predict.predictor import SamPredictor
 
 OUTPUT_FORMATS = ("png", "instances", "coco", "polygons", "overlay")
@@ -126,8 +126,8 @@ def parse_formats(text: str) -> tuple[str, ...]:
     names = [name.strip().lower() for name in str(text).split(",") if name.strip()]
     unknown = [name for name in names if name not in OUTPUT_FORMATS]
     if unknown or not names:
-        raise InvalidInputError(f"--format {text!r}: unknown or empty; choose any of {','.join(OUTPUT_FORMATS)}, "
-                                "comma-separated (e.g. --format png,coco)")
+        raise InvalidInputError(f"`formats` {text!r}: unknown or empty; choose any of {','.join(OUTPUT_FORMATS)}, "
+                                "comma-separated (e.g. `formats` png,coco)", parameters=("formats",))
     return tuple(dict.fromkeys(names))
 
 
@@ -186,14 +186,20 @@ def _arrays(prompt: ObjectPrompt) -> tuple[np.ndarray | None, np.ndarray | None,
     return points, labels, box
 
 
+def check_object_prompt(predictor: SamPredictor, size: tuple[int, int], prompt: ObjectPrompt) -> None:
+    """Raise :class:`~finesam.errors.FinesamError` unless ``prompt`` is valid for an image of
+    ``size`` (H, W) (``predictor.check_prompts``, without encoding the image)."""
+    predictor.check_prompts(size, *_arrays(prompt))
+
+
 def check_image_prompts(predictor: SamPredictor, size: tuple[int, int], prompts: Sequence[ObjectPrompt]
                         ) -> tuple[list[ObjectPrompt], list[str]]:
-    """Split prompts into those valid for an image of ``size`` (H, W) and messages for the others
-    (checked with ``predictor.check_prompts``, without encoding the image)."""
+    """Split prompts into those valid for an image of ``size`` (H, W) (:func:`check_object_prompt`)
+    and messages for the others."""
     valid, problems = [], []
     for prompt in prompts:
         try:
-            predictor.check_prompts(size, *_arrays(prompt))
+            check_object_prompt(predictor, size, prompt)
             valid.append(prompt)
         except FinesamError as error:
             problems.append(f"prompt {prompt.prompt_id}: {one_line(error)}")
@@ -247,18 +253,12 @@ def _write_json(value: Any, path: Path, readable: bool = True) -> None:
     write_text_atomically(path, json.dumps(value, indent=1 if readable else None, separators=None if readable else (",", ":")))
 
 
-def instance_image(objects: Sequence[Segmented], size: tuple[int, int]) -> np.ndarray:
-    """(H, W) instance ids: 0 background, k + 1 where object k is; larger objects are painted
-    first, so a small object on a large one stays visible. uint8, or uint16 above 255 objects."""
-    ids = np.zeros(size, dtype=np.uint8 if len(objects) <= 255 else np.uint16)
-    for index in sorted(range(len(objects)), key=lambda k: -int(objects[k].mask.sum())):
-        ids[objects[index].mask] = index + 1
-    return ids
-
-
-def _save_png(pixels: np.ndarray, path: Path) -> None:
-    image = Image.fromarray(pixels)  # uint16 -> mode "I;16", written as a 16-bit PNG
-    write_atomically(path, lambda temporary: image.save(temporary, format="PNG"))
+def instance_file(objects: Sequence[Segmented], size: tuple[int, int]) -> bytes:
+    """The instance PNG of an image (:func:`finesam.formats.instance_png`): 0 background, k + 1
+    where object k is; larger objects are painted first, so a small object on a large one stays
+    visible. 8-bit, or 16-bit above 255 objects."""
+    order = sorted(range(len(objects)), key=lambda k: -int(objects[k].mask.sum()))
+    return instance_png([objects[k].mask for k in order], [k + 1 for k in order], size)
 
 
 def write_image_outputs(out: Path, job: ImageJob, image: np.ndarray, objects: Sequence[Segmented],
@@ -271,7 +271,7 @@ def write_image_outputs(out: Path, job: ImageJob, image: np.ndarray, objects: Se
         for index, obj in enumerate(objects):
             save_mask(obj.mask, out / "masks" / job.key / f"{index}.png")
     if "instances" in formats:
-        _save_png(instance_image(objects, image.shape[:2]), out / "instances" / f"{job.key}.png")
+        write_bytes_atomically(out / "instances" / f"{job.key}.png", instance_file(objects, image.shape[:2]))
     if "polygons" in formats:
         polygons = [{"prompt_id": o.prompt.prompt_id, "category_id": o.prompt.category_id, "score": o.score,
                      "segmentation": mask_to_polygons(o.mask)} for o in objects]
@@ -396,8 +396,8 @@ def record_path(out: Path, job: ImageJob) -> Path:
 
 
 def _state_error(path: Path, problem: str) -> InvalidInputError:
-    return InvalidInputError(f"cannot resume from {str(path)!r}: {problem}; move it away, or pass --overwrite "
-                             "to redo every image")
+    return InvalidInputError(f"cannot resume from {str(path)!r}: {problem}; move it away, or pass `overwrite` "
+                             "to redo every image", parameters=("overwrite",))
 
 
 _MISSING = object()

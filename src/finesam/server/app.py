@@ -38,7 +38,7 @@ from ..data.images import ImageReadError, pixel_limit, read_image
 from ..errors import FinesamError, InvalidInputError
 from ..optional import require
 from .cache import FeatureCache
-from .export import ImageFolder, export_zip
+from .annotations import ImageFolder, export_zip
 from .sessions import Annotator, BrowserSession, ConflictError, NotFoundError, NotSavedError, OpenImage
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -250,7 +250,8 @@ def create_app(
     from starlette.concurrency import run_in_threadpool
 
     if cache_mb < 0 or max_upload_mb <= 0:
-        raise InvalidInputError(f"--cache-mb must be >= 0 and --max-upload-mb > 0, got {cache_mb} and {max_upload_mb}")
+        raise InvalidInputError(f"`cache_mb` must be >= 0 and `max_upload_mb` > 0, got {cache_mb} and {max_upload_mb}",
+                                parameters=("cache_mb", "max_upload_mb"))
     caps = model.capabilities
     caps.check_output_mode(hq_output, "hq_output", model_name or "this model")
     max_pixels = pixel_limit(max_pixels)

@@ -186,7 +186,7 @@ class TrainingSet(Dataset):
             raise InvalidInputError(f"augment must be an Augmentation (Augmentation.hq() or .pi()), got {type(augment).__name__}")
         sample_rng(seed, 0, 0)  # validates the seed
         if not sources:
-            raise InvalidInputError("a training set needs at least one source: pass --data NAME=PATH")
+            raise InvalidInputError("a training set needs at least one source: pass sources as (NAME, PATH) pairs")
         if prompt_kinds is not None:
             unknown = [kind for kind in prompt_kinds if kind not in PROMPT_KINDS]
             if not prompt_kinds or unknown:

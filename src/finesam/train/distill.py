@@ -54,7 +54,7 @@ from ..modeling.tiny_vit import TinyViT
 from ..predict.predictor import SamPredictor
 from ..registry import get_spec
 from .data import Augmentation, _open_source, sample_rng, torch_generator
-from .feature_cache import FeatureCache, _file_identity
+from .feature_cache import EncodedViewCache, _file_identity
 from .prompts import FOREGROUND_ABOVE
 from .recipes import Recipe
 from .validation import open_validation_sets
@@ -82,26 +82,29 @@ def embedding_shape(model_name: str) -> tuple[int, ...]:
 def check_distill_config(config: Any) -> None:
     """Refuse, in one line, what cannot be distilled (before a model is built or a file written)."""
     if config.teacher_checkpoint is None:
-        raise InvalidInputError(f"--recipe distill needs --teacher-checkpoint FILE: the weights of the teacher {config.teacher} "
-                                "(e.g. sam_vit_h_4b8939.pth)")
+        raise InvalidInputError(f"`recipe` distill needs `teacher_checkpoint` FILE: the weights of the teacher {config.teacher} "
+                                "(e.g. sam_vit_h_4b8939.pth)", parameters=("recipe", "teacher_checkpoint"))
     if not Path(config.teacher_checkpoint).is_file():
-        raise InvalidInputError(f"--teacher-checkpoint {str(config.teacher_checkpoint)!r} is not a file")
+        raise InvalidInputError(f"`teacher_checkpoint` {str(config.teacher_checkpoint)!r} is not a file",
+                                parameters=("teacher_checkpoint",))
     if config.init is not None and config.random_weights:
-        raise InvalidInputError("pass at most one of --init FILE (the student's starting weights) and --random-weights")
+        raise InvalidInputError("pass at most one of `init` FILE (the student's starting weights) and `random_weights`",
+                                parameters=("init", "random_weights"))
     if config.init is not None and not Path(config.init).is_file():
-        raise InvalidInputError(f"--init {str(config.init)!r} is not a file")
+        raise InvalidInputError(f"`init` {str(config.init)!r} is not a file", parameters=("init",))
     if config.init_decoder is not None:
-        raise InvalidInputError("--recipe distill copies the teacher's decoder: --init-decoder does not apply")
+        raise InvalidInputError("`recipe` distill copies the teacher's decoder: `init_decoder` does not apply",
+                                parameters=("recipe", "init_decoder"))
     outside = [prefix for prefix in config.trainable if not prefix.startswith("image_encoder.")]
     if outside:
-        raise InvalidInputError(f"--recipe distill trains the image encoder only (the decoder is the teacher's, frozen); "
-                                f"--trainable {outside[0]!r} is outside 'image_encoder.'")
+        raise InvalidInputError(f"`recipe` distill trains the image encoder only (the decoder is the teacher's, frozen); "
+                                f"`trainable` {outside[0]!r} is outside 'image_encoder.'", parameters=("recipe", "trainable"))
     student, teacher = get_spec(config.model), get_spec(config.teacher)
     with torch.device("meta"):
         student_encoder = student.build().image_encoder
     if not isinstance(student_encoder, TinyViT):
-        raise InvalidInputError(f"--recipe distill trains a TinyViT encoder (mobile_sam, hq_vit_tiny); {config.model}'s encoder is "
-                                f"{type(student_encoder).__name__}: pass --model mobile_sam")
+        raise InvalidInputError(f"`recipe` distill trains a TinyViT encoder (mobile_sam, hq_vit_tiny); {config.model}'s encoder is "
+                                f"{type(student_encoder).__name__}: pass `model` mobile_sam", parameters=("recipe", "model"))
     student_shape, teacher_shape = embedding_shape(config.model), embedding_shape(config.teacher)
     if student_shape != teacher_shape:
         raise InvalidInputError(f"the teacher {config.teacher}'s embedding is {'x'.join(map(str, teacher_shape))} but the student "
@@ -191,7 +194,8 @@ def _source_images(name: str, path: Path) -> list[Path]:
         folder = Path(path)
         images = list(files_by_stem(folder).values()) if folder.is_dir() else []
         if not images:
-            raise InvalidInputError(f"--data {name}={path}: no images (neither a known data set layout nor image files: {layout_error})") from None
+            raise InvalidInputError(f"`data` {name}={path}: no images (neither a known data set layout nor image files: "
+                                    f"{layout_error})", parameters=("data",)) from None
         return images
 
 
@@ -206,7 +210,7 @@ class DistillImages(Dataset):
     def __init__(self, sources: Sequence[tuple[str, Path]], augment: Augmentation, seed: int) -> None:
         sample_rng(seed, 0, 0)  # validates the seed
         if not sources:
-            raise InvalidInputError("a training set needs at least one source: pass --data NAME=PATH")
+            raise InvalidInputError("a training set needs at least one source: pass sources as (NAME, PATH) pairs")
         names = [name for name, _ in sources]
         if len(set(names)) != len(names):
             raise InvalidInputError(f"training source names must be unique, got {names}")
@@ -243,7 +247,7 @@ class DistillImages(Dataset):
 class _CachedDistillView(Dataset):
     """Cached teacher embeddings of one view, each with the augmented image they were computed on."""
 
-    def __init__(self, cache: FeatureCache, images: DistillImages, epoch: int) -> None:
+    def __init__(self, cache: EncodedViewCache, images: DistillImages, epoch: int) -> None:
         self.cached = cache.epoch_view(epoch)
         self.images = images.at_epoch(epoch % cache.views)
 
@@ -261,17 +265,17 @@ def collate_distill(samples: Sequence[dict]) -> dict[str, Any]:
     return batch
 
 
-def distill_loader(images: DistillImages, cache: FeatureCache | None, batches: list[list[int]], epoch: int, workers: int) -> DataLoader:
+def distill_loader(images: DistillImages, cache: EncodedViewCache | None, batches: list[list[int]], epoch: int, workers: int) -> DataLoader:
     """The epoch's batches: fresh images (the teacher runs in the step) or cached embeddings + their views."""
     dataset: Dataset = _CachedDistillView(cache, images, epoch) if cache is not None else images.at_epoch(epoch)
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate_distill)
 
 
 def prepare_teacher_cache(root: Path, teacher: Sam, images: DistillImages, config: Any, settings: dict,
-                          context: DistributedContext, dtype: torch.dtype, progress: bool) -> FeatureCache:
+                          context: DistributedContext, dtype: torch.dtype, progress: bool) -> EncodedViewCache:
     """The teacher's embeddings of every image and view, computed once (keyed by the teacher file)."""
     identity = {"teacher": config.teacher, "teacher_checkpoint": _file_identity(config.teacher_checkpoint)}
-    return FeatureCache.prepare(root, teacher, images, config, settings, context, dtype=dtype, progress=progress,
+    return EncodedViewCache.prepare(root, teacher, images, config, settings, context, dtype=dtype, progress=progress,
                                 identity=identity, extras=frozenset())
 
 

@@ -23,20 +23,20 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..checkpoints.download import sha256_of
-from ..checkpoints.files import save_atomically, write_text_atomically
+from ..checkpoints.files import save_atomically
 from ..devices import resolve_device
 from ..distributed import DistributedContext, barrier, broadcast_from_main, init_distributed, process_device, shutdown
 from ..data.folders import DatasetError
 from ..errors import FinesamError, InvalidInputError
 from ..loading import load
 from ..modeling.sam import Sam
-from ..outputs import check_output_dir
+from ..outputs import check_output_dir, write_text_atomically
 from ..registry import get_spec
 from .data import Augmentation, TrainingSet, check_training_data, collate_samples
 from .distill import (DistillStep, DistillValidation, build_distillation, check_distill_config, distill_images, distill_loader,
                       prepare_teacher_cache, teacher_embeddings)
-from .export import export_final
-from .feature_cache import FeatureCache, collate_cached
+from .final_checkpoint import export_final
+from .feature_cache import EncodedViewCache, collate_cached
 from .recipes import Recipe, get_recipe
 from .step import TrainStep
 from .validation import open_validation_sets, validate
@@ -131,33 +131,37 @@ def check_config(config: TrainConfig) -> Recipe:
     if recipe.distills:  # distillation: teacher, student and their fit
         check_distill_config(config)
     elif config.teacher_checkpoint is not None:
-        raise InvalidInputError(f"--teacher-checkpoint goes with --recipe distill, not --recipe {recipe.name}")
+        raise InvalidInputError(f"`teacher_checkpoint` goes with `recipe` distill, not `recipe` {recipe.name}",
+                                parameters=("teacher_checkpoint", "recipe"))
     elif config.random_weights == (config.init is not None):
-        raise InvalidInputError("pass exactly one of --init FILE (the SAM/HQ/stage-1 weights to start from) and --random-weights")
-    for label, path in (("--init", config.init), ("--init-decoder", config.init_decoder)):
+        raise InvalidInputError("pass exactly one of `init` FILE (the SAM/HQ/stage-1 weights to start from) and "
+                                "`random_weights`", parameters=("init", "random_weights"))
+    for name, path in (("init", config.init), ("init_decoder", config.init_decoder)):
         if path is not None and not Path(path).is_file():
-            raise InvalidInputError(f"{label} {str(path)!r} is not a file")
+            raise InvalidInputError(f"`{name}` {str(path)!r} is not a file", parameters=(name,))
     if not config.data:
-        raise InvalidInputError("no training data: pass --data NAME=PATH (repeatable)")
-    for name, value in (("--epochs", config.epochs), ("--max-steps", config.max_steps), ("--batch-size", config.batch_size),
-                        ("--accumulate", config.accumulate), ("--lr-drop-epoch", config.lr_drop_epoch), ("--cached-views", config.cached_views), ("--workers", config.workers)):
-        if value is not None and (not isinstance(value, int) or value < (0 if name == "--workers" else 1)):
-            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-    for name, value in (("--save-every", config.save_every), ("--val-every", config.val_every)):
+        raise InvalidInputError("no training data: pass `data` NAME=PATH (repeatable)", parameters=("data",))
+    for name, value in (("epochs", config.epochs), ("max_steps", config.max_steps), ("batch_size", config.batch_size),
+                        ("accumulate", config.accumulate), ("lr_drop_epoch", config.lr_drop_epoch), ("cached_views", config.cached_views), ("workers", config.workers)):
+        if value is not None and (not isinstance(value, int) or value < (0 if name == "workers" else 1)):
+            raise InvalidInputError(f"`{name}` must be a positive integer, got {value!r}", parameters=(name,))
+    for name, value in (("save_every", config.save_every), ("val_every", config.val_every)):
         if value < 0:
-            raise InvalidInputError(f"{name} must be >= 0 (0: at the end of each epoch), got {value}")
+            raise InvalidInputError(f"`{name}` must be >= 0 (0: at the end of each epoch), got {value}", parameters=(name,))
     if config.lr is not None and not (math.isfinite(config.lr) and config.lr > 0):
-        raise InvalidInputError(f"--lr must be a positive finite number, got {config.lr}")
+        raise InvalidInputError(f"`lr` must be a positive finite number, got {config.lr}", parameters=("lr",))
     if config.val_limit is not None and (isinstance(config.val_limit, bool) or not isinstance(config.val_limit, int) or config.val_limit < 1):
-        raise InvalidInputError(f"--val-limit must be a positive integer (the first N validation images), got {config.val_limit!r}")
+        raise InvalidInputError(f"`val_limit` must be a positive integer (the first N validation images), got {config.val_limit!r}",
+                                parameters=("val_limit",))
     if config.cache_dtype not in ("float16", "bfloat16"):
-        raise InvalidInputError(f"--cache-dtype must be float16 or bfloat16, got {config.cache_dtype!r}")
+        raise InvalidInputError(f"`cache_dtype` must be float16 or bfloat16, got {config.cache_dtype!r}", parameters=("cache_dtype",))
     out = Path(config.out)
     check_output_dir(out)
     if config.resume and not (out / LAST).is_file():
-        raise InvalidInputError(f"--resume: {str(out / LAST)!r} does not exist; start the run without --resume")
+        raise InvalidInputError(f"`resume`: {str(out / LAST)!r} does not exist; start the run without `resume`", parameters=("resume",))
     if not config.resume and (out / LAST).exists():
-        raise InvalidInputError(f"{str(out)!r} already holds a run ({LAST}); pass --resume to continue it or choose another --out")
+        raise InvalidInputError(f"{str(out)!r} already holds a run ({LAST}); pass `resume` to continue it or choose another `out`",
+                                parameters=("resume", "out"))
     return recipe
 
 
@@ -183,8 +187,8 @@ def set_trainable(model: Sam, prefixes: Sequence[str]) -> list[str]:
         mapped = next((ours + prefix[len(official):] for official, ours in official_to_ours.items() if prefix.startswith(official)), prefix)
         if not any(name.startswith(mapped) for name in names):
             raise InvalidInputError(
-                f"--trainable {prefix!r} matches no parameter of this model; use a state-dict prefix such as "
-                f"'mask_decoder.' (the whole decoder) or an official key prefix of one HQ module"
+                f"`trainable` {prefix!r} matches no parameter of this model; use a state-dict prefix such as "
+                f"'mask_decoder.' (the whole decoder) or an official key prefix of one HQ module", parameters=("trainable",)
             )
         resolved.append(mapped)
     fixed = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}  # fixed by design (Pi's Laplacian)
@@ -323,7 +327,7 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
                                       dtype=getattr(torch, config.cache_dtype), progress=config.progress)
         teacher = None  # every embedding it gives is cached: free its memory
     elif config.cache_features:
-        cache = FeatureCache.prepare(Path(config.cache_features), model, dataset, config, settings, context,
+        cache = EncodedViewCache.prepare(Path(config.cache_features), model, dataset, config, settings, context,
                                      dtype=getattr(torch, config.cache_dtype), progress=config.progress)
     step_module = DistillStep(model) if recipe.distills else TrainStep(model, recipe, config.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -342,7 +346,8 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
     steps_per_epoch = len(epoch_batches(len(dataset), context, batch_size, config.seed, 0)) // config.accumulate
     total_steps = min(epochs * steps_per_epoch, config.max_steps or math.inf)
     if steps_per_epoch == 0:
-        raise InvalidInputError(f"--accumulate {config.accumulate} exceeds the {len(dataset)} images' batches per epoch")
+        raise InvalidInputError(f"`accumulate` {config.accumulate} exceeds the {len(dataset)} images' batches per epoch",
+                                parameters=("accumulate",))
     workers = default_workers(batch_size) if config.workers is None else config.workers
     progress = _progress(total_steps, global_step, enabled=config.progress and context.is_main)
     losses = [row["loss"] for row in log.rows if "loss" in row]
@@ -420,7 +425,7 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
     return TrainResult(out, global_step, float(first_loss or math.nan), float(last_loss or math.nan), files, validation)
 
 
-def _loader(dataset: TrainingSet, cache: "FeatureCache | None", batches: list[list[int]], epoch: int, workers: int,
+def _loader(dataset: TrainingSet, cache: "EncodedViewCache | None", batches: list[list[int]], epoch: int, workers: int,
             seed: int) -> DataLoader:
     # the loader's own base seed (workers' seeds) from (seed, epoch), not from the global generator
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -523,8 +528,8 @@ def read_last(path: Path, settings: dict) -> dict:
     changed = [key for key in RESUME_KEYS if saved.get(key) != settings.get(key)]
     if changed:
         details = ", ".join(f"{key}: {saved.get(key)!r} -> {settings.get(key)!r}" for key in changed)
-        raise InvalidInputError(f"--resume with different settings ({details}); rerun with the original options "
-                                f"or start a new run in another --out")
+        raise InvalidInputError(f"`resume` with different settings ({details}); rerun with the original options "
+                                f"or start a new run in another `out`", parameters=("resume", "out"))
     return state
 
 

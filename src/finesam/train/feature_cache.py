@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..checkpoints.files import save_atomically, write_text_atomically
+from ..checkpoints.files import save_atomically
 from ..distributed import DistributedContext, barrier, shard
 from ..errors import InvalidInputError
 from ..modeling.features import ImageFeatures
 from ..modeling.sam import Sam
+from ..outputs import write_text_atomically
 
 MANIFEST = "manifest.json"
 
@@ -39,8 +40,10 @@ def _file_identity(path: Any) -> Any:
     return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-class FeatureCache:
-    """Cached features of one run's data set; see the module docstring."""
+class EncodedViewCache:
+    """The frozen encoder's outputs per image and augmented view of one run's data set, on disk
+    (see the module docstring); the web tool's in-memory cache of images' features is
+    :class:`finesam.server.cache.FeatureCache`."""
 
     def __init__(self, folder: Path, dataset: Any, views: int, extras: frozenset[str]) -> None:
         self.folder, self.dataset, self.views, self.extras = folder, dataset, views, extras
@@ -51,7 +54,7 @@ class FeatureCache:
     @classmethod
     def prepare(cls, root: Path, model: Sam, dataset: Any, config: Any, settings: dict, context: DistributedContext,
                 dtype: torch.dtype, progress: bool = True, identity: dict | None = None,
-                extras: frozenset[str] | None = None) -> "FeatureCache":
+                extras: frozenset[str] | None = None) -> "EncodedViewCache":
         """Compute what is missing (each rank its share), then return the cache every rank reads.
 
         ``identity`` replaces the model part of the cache key (distillation keys by the teacher);
@@ -72,7 +75,8 @@ class FeatureCache:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise InvalidInputError(f"--cache-features {str(root)!r} cannot be created: {error.strerror or error}") from None
+            raise InvalidInputError(f"`cache_features` {str(root)!r} cannot be created: {error.strerror or error}",
+                                    parameters=("cache_features",)) from None
         cache = cls(folder, dataset, config.cached_views, extras)
         work = [(index, view) for view in range(cache.views) for index in range(len(dataset))]
         missing = [item for item in shard(work, context) if not cache.item_path(*item).is_file()]
@@ -126,7 +130,7 @@ class FeatureCache:
 
 
 class _CachedView(Dataset):
-    def __init__(self, cache: FeatureCache, view: int) -> None:
+    def __init__(self, cache: EncodedViewCache, view: int) -> None:
         self.cache, self.view = cache, view
 
     def __len__(self) -> int:

@@ -65,11 +65,12 @@ class Recipe:
         missing = sorted(set(self.parts) - set(new_parts))
         if missing:
             raise InvalidInputError(
-                f"--recipe {self.name} trains the decoder part(s) {', '.join(missing)}, which {model_name} does not have; "
-                f"use {'an hq_* model' if self.name == 'hq' else 'a pi_* model'} (see `finesam train --help`)"
-            )
+                f"`recipe` {self.name} trains the decoder part(s) {', '.join(missing)}, which {model_name} does not have; "
+                f"use {'an hq_* model' if self.name == 'hq' else 'a pi_* model'} (see `finesam train --help`)",
+                parameters=("recipe",))
         if self.corrects_clicks and not capabilities.corrects_clicks:
-            raise InvalidInputError(f"--recipe {self.name} trains click correction, which {model_name} does not do")
+            raise InvalidInputError(f"`recipe` {self.name} trains click correction, which {model_name} does not do",
+                                    parameters=("recipe",))
 
     @property
     def distills(self) -> bool:

@@ -1,4 +1,5 @@
-"""Export of an image's objects, and the ``--images DIR`` folder (listing, confinement, saving, resuming).
+"""An image's annotations as files (the download's zip, the saved folder), and the ``--images DIR``
+folder (listing, confinement, saving, resuming).
 
 Per image: ``instances.png`` (each pixel the id of its object, the last committed on top; 0
 background; 8-bit, or 16-bit from id 256 on), ``object_NNN.png`` (one 0/255 mask per object),
@@ -16,11 +17,11 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from ..checkpoints.files import write_atomically
 from ..errors import InvalidInputError
+from ..formats.instances import instance_png, png_bytes
 from ..formats.rle import decode_rle, encode_rle, mask_bbox
+from ..outputs import write_bytes_atomically
 from .sessions import MAX_OBJECT_ID, AnnotatedObject, NotFoundError, NotSavedError, OpenImage
 
 #: Suffixes listed and opened from ``--images DIR``.
@@ -31,25 +32,15 @@ INSTANCES = "instances.png"
 ANNOTATIONS = "annotations.json"
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def object_file(object_id: int) -> str:
     return f"object_{object_id:03d}.png"
 
 
-def instance_map(opened: OpenImage) -> np.ndarray:
-    """(H, W) object ids (uint8, or uint16 when an id exceeds 255); later objects on top."""
-    largest = max((o.id for o in opened.objects), default=0)
-    if largest > 65535:
-        raise InvalidInputError(f"an instance PNG holds ids up to 65535, this image has object id {largest}")
-    ids = np.zeros((opened.height, opened.width), np.uint8 if largest < 256 else np.uint16)
-    for annotated in opened.objects:
-        ids[annotated.mask] = annotated.id
-    return ids
+def instance_file(opened: OpenImage) -> bytes:
+    """The instance PNG of an image's objects (:func:`finesam.formats.instance_png`): each pixel
+    the id of its object, later objects on top (8-bit, or 16-bit when an id exceeds 255)."""
+    objects = opened.objects
+    return instance_png([o.mask for o in objects], [o.id for o in objects], (opened.height, opened.width))
 
 
 def coco_document(opened: OpenImage) -> dict:
@@ -71,9 +62,9 @@ def coco_document(opened: OpenImage) -> dict:
 
 def export_files(opened: OpenImage) -> dict[str, bytes]:
     """File name -> content of the export of one image."""
-    files = {INSTANCES: _png(instance_map(opened))}
+    files = {INSTANCES: instance_file(opened)}
     for annotated in opened.objects:
-        files[object_file(annotated.id)] = _png(np.where(annotated.mask, np.uint8(255), np.uint8(0)))
+        files[object_file(annotated.id)] = png_bytes(np.where(annotated.mask, np.uint8(255), np.uint8(0)))
     files[ANNOTATIONS] = json.dumps(coco_document(opened), indent=1).encode()
     return files
 
@@ -149,7 +140,8 @@ class ImageFolder:
     def __init__(self, root: str | os.PathLike) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise InvalidInputError(f"--images {str(root)!r} is not a folder; give the folder of images to annotate")
+            raise InvalidInputError(f"`images_dir` {str(root)!r} is not a folder; give the folder of images to annotate",
+                                    parameters=("images_dir",))
         self.root = root.resolve()
         self.output_root = self.root / OUTPUT_FOLDER
 
@@ -214,7 +206,7 @@ class ImageFolder:
                 if (folder / name).is_dir():
                     raise IsADirectoryError(21, "a folder is in the way of the file", str(folder / name))
             for name, content in files.items():
-                write_atomically(folder / name, lambda temporary, content=content: Path(temporary).write_bytes(content))
+                write_bytes_atomically(folder / name, content)
             for stale in folder.glob("object_*.png"):
                 if stale.name not in files:
                     stale.unlink(missing_ok=True)
