@@ -88,7 +88,7 @@ test-setup:
 TEST_WORKERS ?= 2
 test: test-setup
 	@status=0; $(MAKE) --no-print-directory check-runtime || status=$$?; \
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests || status=$$?; \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=40 tests || status=$$?; \
 	exit $$status
 
 # Runtime-only install: a separate venv with torch and `pip install .` (no extras), checked by
