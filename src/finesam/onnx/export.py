@@ -203,23 +203,21 @@ def _kept_float(traced: Path) -> list[str]:
 
 
 def _quantize(traced: Path) -> Path:
-    """onnxruntime's dynamic int8 quantization of the encoder's weight MatMuls: weights uint8 per
+    """onnxruntime's dynamic int8 quantization of the encoder's weight MatMuls: weights int8 per
     output channel, activations uint8 quantized at run time (``MatMulInteger``).
 
     Chosen by measurement (seeded random weights, 10 ECSSD photos with their ground-truth boxes,
     mean IoU of the int8 masks with the float32 ones; set_image on a 2748x2658 photo, one thread,
-    AMD EPYC Zen 5 with AVX512-VNNI; README "ONNX export" has the table):
+    AMD EPYC Zen 5 with AVX512-VNNI; README "ONNX export" has the table). MobileSAM:
 
-    - uint8 weights (U8U8), not int8 (U8S8): on x86 CPUs without VNNI (AVX2-only, AVX512 without
-      VNNI) onnxruntime multiplies U8S8 with VPMADDUBSW, whose 16-bit pair sums saturate;
-      MobileSAM's int8-weight masks agreed with float32 on 0.86-0.89 of the pixels on an
-      AVX2-only EPYC against 0.99 here (VNNI, no saturation). U8U8 does not saturate on any
-      CPU, so its agreement does not depend on the CPU; reduce_range (7-bit int8 weights, the
-      other remedy) lost more (mean IoU 0.972 against 0.980 for uint8 on MobileSAM).
     - the encoder only: the decoder runs per prompt in milliseconds, and its int8 MatMuls cost
-      MobileSAM 0.3-0.5 points of mean IoU at every setting tried.
-    - the attention output projections stay float32 (:data:`_FLOAT_MATMULS`): MobileSAM's mean
-      IoU 0.980 -> 0.983 (its bar is 0.98) for a few percent of the int8 speed-up.
+      0.3-0.5 points of mean IoU at every setting tried (0.977 with, 0.982 without).
+    - the attention output projections stay float32 (:data:`_FLOAT_MATMULS`): 0.982 -> 0.987,
+      for 1/12 of a block's linear work (set_image time within the noise).
+    - int8 weights of full range: uint8 weights (U8U8, no saturation on any CPU) gave 0.983 and
+      15% slower encoders here; reduce_range (7-bit weights, the other remedy for the VPMADDUBSW
+      saturation of CPUs without VNNI) 0.972. On those CPUs OnnxPredictor has onnxruntime multiply
+      these weights exactly instead (``predictor.PRECISE_INT8_OPTION``).
     """
     quantization = require("onnxruntime.quantization", "quantize='int8'", "onnx")
     quantized = traced.with_name("quantized-" + traced.name)
@@ -227,7 +225,7 @@ def _quantize(traced: Path) -> Path:
     with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")  # its advice to run its shape preprocessing first
         quantization.quantize_dynamic(str(traced), str(quantized), op_types_to_quantize=["MatMul"], per_channel=True,
-                                      weight_type=quantization.QuantType.QUInt8,
+                                      weight_type=quantization.QuantType.QInt8,
                                       use_external_data_format=large, nodes_to_exclude=_kept_float(traced))
     return quantized
 
