@@ -213,9 +213,10 @@ def _quantize(traced: Path) -> Path:
     - the encoder only: the decoder runs per prompt in milliseconds, and its int8 MatMuls cost
       0.3-0.5 points of mean IoU at every setting tried (0.977 with, 0.982 without).
     - the attention output projections stay float32 (:data:`_FLOAT_MATMULS`): 0.982 -> 0.987,
-      for 1/12 of a block's linear work (set_image time within the noise).
+      for 1/12 of a block's linear work (set_image 1.37x -> 1.29x float32's speed, within the
+      timing's spread; ViT-B 1.56x both).
     - int8 weights of full range: uint8 weights (U8U8, no saturation on any CPU) gave 0.983 and
-      15% slower encoders here; reduce_range (7-bit weights, the other remedy for the VPMADDUBSW
+      1.22x (ViT-B 1.39x); reduce_range (7-bit weights, the other remedy for the VPMADDUBSW
       saturation of CPUs without VNNI) 0.972. On those CPUs OnnxPredictor has onnxruntime multiply
       these weights exactly instead (``predictor.PRECISE_INT8_OPTION``).
     """
