@@ -30,6 +30,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from finesam.onnx import export_onnx  # noqa: E402
+from finesam.onnx.predictor import int8_saturates  # noqa: E402
 
 from conftest import REPO, randomize_, save_state  # noqa: E402
 
@@ -160,9 +161,14 @@ def test_anylabeling_class_gives_the_official_masks(case, tmp_path, real_image):
         quantized = export_onnx(model, tmp_path / "int8", model_name=case, layout="anylabeling", quantize="int8")
         got = run_tool(ANYLABELING, quantized.encoder, quantized.decoder, image, marks, tmp_path / "int8.npz")
         for index in (0, 1):
-            agreement = ((got[f"masks_{index}"] > 0) == (ours[f"masks_{index}"] > 0)).mean()
-            # The floor measured with seeded random weights (see test_onnx_export.INT8_AGREEMENT).
-            assert agreement >= 0.8, f"prompt {index}: int8 masks agree with float32 on {agreement:.4f} of the pixels"
+            one, other = ours[f"masks_{index}"] > 0, got[f"masks_{index}"] > 0
+            assert one.shape == other.shape and 0 < one.sum() < one.size
+            iou = (one & other).sum() / (one | other).sum()
+            print(f"AnyLabeling int8 prompt {index}: IoU {iou:.4f} with float32")
+            # The tool opens the graphs without onnxruntime's exact int8 option: on x86 CPUs without
+            # VNNI its products saturate (README), and only running is checked there.
+            if not int8_saturates():  # the per-mask floor of test_onnx_export.INT8_LOWEST_IOU
+                assert iou >= 0.95, f"prompt {index}: int8 mask IoU {iou:.4f} with float32"
 
 
 def assert_same_masks(ours: dict, expected: dict, image: np.ndarray) -> None:

@@ -235,34 +235,72 @@ def quantized_export(tmp_path_factory):
     return folder
 
 
-# Measured with seeded random weights, whose mask logits sit near 0 on most pixels (any
-# rounding flips them): 0.86-0.89 on ECSSD photos. The issue's goal of 0.98 is not met there.
-INT8_AGREEMENT = 0.8
+# The bar of issue 23 on the mean IoU of the int8 masks with the float32 ones. Measured with
+# seeded random weights on these 10 photos (ground-truth boxes, 3 masks each): mean 0.9865,
+# lowest mask 0.974 (AMD EPYC Zen 5, AVX512-VNNI). The integer products are exact on every CPU
+# (VNNI, or the exact path OnnxPredictor turns on without it: test below), so the figure moves
+# only with float rounding.
+INT8_MEAN_IOU = 0.98
+INT8_LOWEST_IOU = 0.95
+AGREEMENT_PHOTOS = [f"{number:04d}" for number in range(1, 801, 80)]  # every 80th ECSSD photo
+
+
+def ground_truth_box(name: str) -> np.ndarray:
+    """The xyxy box (4,) around an ECSSD photo's ground-truth object."""
+    from conftest import data_path
+    from PIL import Image
+
+    rows, columns = np.nonzero(np.asarray(Image.open(data_path("ecssd", "gt", f"{name}.png")).convert("L")) > 128)
+    return np.array([columns.min(), rows.min(), columns.max() + 1, rows.max() + 1], float)
 
 
 def test_int8_masks_agree_with_float32(sam_export, quantized_export):
-    """Dynamic int8 quantization of the weight MatMuls keeps most float32 mask pixels on real
-    photos (seeded weights), through OnnxPredictor."""
+    """The int8 encoder (int8 weight MatMuls, attention output projections float32) beside the
+    float32 decoder, through OnnxPredictor: masks of mean IoU >= 0.98 with the float32 graphs'
+    on real photos with their ground-truth boxes (seeded weights)."""
     from conftest import data_path
     from finesam.data.images import read_image
 
     import onnx
 
     assert read_metadata(quantized_export / "encoder.onnx")["quantize"] == "int8"
-    for graph in ("encoder.onnx", "decoder.onnx"):  # both graphs hold integer matrix products
-        assert any(node.op_type == "MatMulInteger" for node in onnx.load(str(quantized_export / graph)).graph.node), graph
+    encoder = onnx.load(str(quantized_export / "encoder.onnx")).graph
+    integer = [node.name for node in encoder.node if node.op_type == "MatMulInteger"]
+    projections = [node.name for node in encoder.node if node.op_type == "MatMul" and "/attn/proj/" in node.name]
+    assert len(integer) == 30 and len(projections) == 10, (len(integer), projections)  # TinyViT: 10 blocks x (qkv, fc1, fc2)
     assert (quantized_export / "encoder.onnx").stat().st_size < 0.5 * (sam_export / "encoder.onnx").stat().st_size
+    decoder = onnx.load(str(quantized_export / "decoder.onnx")).graph
+    assert not any(node.op_type.endswith("Integer") for node in decoder.node)  # the decoder stays float32
     exact, quantized = OnnxPredictor(sam_export), OnnxPredictor(quantized_export)
-    for name in ("0001.jpg", "0002.jpg"):
-        image = read_image(data_path("ecssd", "im", name))
-        height, width = image.shape[:2]
-        prompts = [dict(box=np.array([0.15 * width, 0.2 * height, 0.85 * width, 0.8 * height])),
-                   dict(point_coords=np.array([[0.5 * width, 0.5 * height]]), point_labels=np.array([1]))]
+    ious = []
+    for name in AGREEMENT_PHOTOS:
+        image = read_image(data_path("ecssd", "im", f"{name}.jpg"))
+        box = ground_truth_box(name)
         exact.set_image(image)
         quantized.set_image(image)
-        for prompt in prompts:
-            expected, _, _ = exact.predict(**prompt)
-            got, _, _ = quantized.predict(**prompt)
-            assert 0.02 < expected.mean() < 0.98  # masks with both classes: agreement is not trivial
-            agreement = (expected == got).mean()
-            assert agreement >= INT8_AGREEMENT, f"{name} {sorted(prompt)}: {agreement:.4f}"
+        expected, got = exact.predict(box=box)[0], quantized.predict(box=box)[0]
+        for one, other in zip(expected, got):
+            assert 0 < one.sum() < one.size  # masks with both classes: the comparison is not trivial
+            ious.append((one & other).sum() / (one | other).sum())
+    assert np.mean(ious) >= INT8_MEAN_IOU and min(ious) >= INT8_LOWEST_IOU, (np.mean(ious), min(ious))
+
+
+def test_int8_encoder_is_exact_without_vnni(quantized_export, real_image, monkeypatch):
+    """On x86 CPUs without VNNI OnnxPredictor has onnxruntime multiply the int8 weights without
+    saturation: forced here, the encoder's output is the one of this CPU's own path, bit for bit
+    (on a CPU without VNNI: the exact path against itself, the check still holds)."""
+    from finesam.onnx import predictor as onnx_predictor
+
+    monkeypatch.setattr(onnx_predictor, "int8_saturates", lambda: False)
+    default = OnnxPredictor(quantized_export)
+    monkeypatch.setattr(onnx_predictor, "int8_saturates", lambda: True)
+    options = onnxruntime.SessionOptions()
+    precise = OnnxPredictor(quantized_export, session_options=options)
+    assert options.get_session_config_entry(onnx_predictor.PRECISE_INT8_OPTION) == "1"
+    default.set_image(real_image)
+    precise.set_image(real_image)
+    assert torch.equal(default.features, precise.features)
+    kept = onnxruntime.SessionOptions()
+    kept.add_session_config_entry(onnx_predictor.PRECISE_INT8_OPTION, "0")  # the caller's choice stays
+    OnnxPredictor(quantized_export, session_options=kept)
+    assert kept.get_session_config_entry(onnx_predictor.PRECISE_INT8_OPTION) == "0"

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import platform
 from pathlib import Path
 from typing import Sequence
 
@@ -40,9 +41,45 @@ class OnnxCorrectionState(CorrectionState):
     original_size: tuple[int, int] = (0, 0)
 
 
+# onnxruntime multiplies the int8 graphs' uint8 activations by int8 weights with VPMADDUBSW on
+# x86 CPUs without VNNI (AVX2-only, AVX512 without VNNI), whose 16-bit pair sums saturate:
+# MobileSAM's int8 masks agreed with float32 on 0.86-0.89 of the pixels on an AVX2-only EPYC
+# against 0.99 with VNNI. This session option makes it multiply those weights as uint8 (exact,
+# slower: 15% more encoder time measured on an AVX512-VNNI EPYC, where onnxruntime applies it
+# too), so OnnxPredictor sets it on CPUs without VNNI only.
+PRECISE_INT8_OPTION = "session.x64quantprecision"
+_VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def int8_saturates() -> bool:
+    """Whether this CPU is x86 without VNNI (True where its flags cannot be read: the safe side)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False  # ARM and others: onnxruntime's int8 products do not saturate
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    return flags is None or not _VNNI_FLAGS & set(flags)
+
+
+def with_precise_int8(ort, options):
+    """``options`` (None: new ones) with :data:`PRECISE_INT8_OPTION` on where
+    :func:`int8_saturates`, unless the caller set that key."""
+    if not int8_saturates():
+        return options
+    options = ort.SessionOptions() if options is None else options
+    try:
+        options.get_session_config_entry(PRECISE_INT8_OPTION)
+    except RuntimeError:  # not set: onnxruntime raises for a missing key
+        options.add_session_config_entry(PRECISE_INT8_OPTION, "1")
+    return options
+
+
 def _session(ort, path: Path, providers: Sequence[str] | None, options):
     if not path.is_file():
         raise InvalidInputError(f"{str(path)!r} is missing: export the model with `finesam export onnx --out {path.parent}`")
+    options = with_precise_int8(ort, options)
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as error:  # onnxruntime raises its own exception kinds for unreadable files
@@ -207,7 +244,9 @@ class OnnxPredictor(SamPredictor):
     out). For other decoders the output mode was fixed at export: ``multimask_output`` /
     ``hq_token_only`` / ``hq_output`` default to it, and another value is refused with the
     export option to use.
-    ``providers``: onnxruntime execution providers (default: the CPU).
+    ``providers``: onnxruntime execution providers (default: the CPU). ``session_options``:
+    onnxruntime's; on x86 CPUs without VNNI they get :data:`PRECISE_INT8_OPTION` "1" unless
+    they hold that key (the int8 encoder's products would saturate there).
     """
 
     def __init__(self, folder: str | os.PathLike, providers: Sequence[str] | None = None, session_options=None) -> None:
