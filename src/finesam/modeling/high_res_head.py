@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
-from .common import LayerNorm2d, eager_inference
+from ..ops.inference import eager_inference
+from .common import LayerNorm2d
 from .decoder_api import broadcast_to_prompts, hypernetwork_product
 from .features import ImageFeatures
 from .object_embedder import OBJECT_DIM, ObjectEmbedder

@@ -7,7 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from .common import MLP, LayerNorm2d, activate_in_place, channels_last_upscaling, conv_pair_by_bands, eager_inference
+from ..ops.activations import activate_in_place
+from ..ops.bands import conv_pair_by_bands
+from ..ops.inference import eager_inference
+from ..ops.upscaling import channels_last_upscaling
+from .common import MLP, LayerNorm2d
 from .decoder_api import broadcast_to_prompts
 from .features import ImageFeatures
 

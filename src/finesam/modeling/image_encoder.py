@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock, eager_inference
+from ..ops.inference import eager_inference
+from .common import LayerNorm2d, MLPBlock
 from .features import ImageFeatures
 
 

@@ -11,8 +11,8 @@ from torch import nn
 
 from ..checkpoints.files import to_official_keys
 from ..errors import InvalidInputError
+from ..ops.inference import eager_inference
 from ..ops.upsample import upsample_to_masks
-from .common import eager_inference
 from .decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
 from .features import ImageFeatures
 from .prompt_checks import check_click_points, check_model_prompts
