@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import finesam
-from finesam.modeling.decoder_api import OutputMode
-from finesam.modeling.features import ImageFeatures
+from finesam.modeling.contracts.decoder_api import OutputMode
+from finesam.modeling.contracts.features import ImageFeatures
 
 from conftest import assert_close_to_plain, randomize_
 

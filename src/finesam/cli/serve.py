@@ -10,7 +10,7 @@ import sys
 
 from ..devices import resolve_device
 from ..errors import InvalidInputError
-from ..modeling.decoder_api import HQ_OUTPUTS
+from ..modeling.contracts.decoder_api import HQ_OUTPUTS
 from ..optional import require
 from ..registry import get_spec
 from .model_options import add_model_options, check_model_options, load_model

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.inference import eager_inference
-from .common import MLPBlock
+from ....ops.inference import eager_inference
+from ...common import MLPBlock
 
 
 class Attention(nn.Module):

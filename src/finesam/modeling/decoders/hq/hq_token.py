@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidInputError
-from ..ops.activations import activate_in_place
-from ..ops.bands import conv_pair_by_bands
-from ..ops.inference import eager_inference
-from ..ops.upscaling import channels_last_upscaling
-from .common import MLP, LayerNorm2d
-from .decoder_api import broadcast_to_prompts
-from .features import ImageFeatures
-from .mask_decoder import MaskDecoder
+from ....errors import InvalidInputError
+from ....ops.activations import activate_in_place
+from ....ops.bands import conv_pair_by_bands
+from ....ops.inference import eager_inference
+from ....ops.upscaling import channels_last_upscaling
+from ...common import MLP, LayerNorm2d
+from ...contracts.decoder_api import broadcast_to_prompts
+from ...contracts.features import ImageFeatures
+from ..sam.mask_decoder import MaskDecoder
 
 # The part's modules, named as the official keys under ``mask_decoder.``.
 HQ_MODULES = ("hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature")

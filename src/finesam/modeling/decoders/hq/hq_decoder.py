@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from .decoder_api import (
+from ...contracts.decoder_api import (
     HQ_OUTPUTS,
     DecoderCapabilities,
     DecoderOutput,
@@ -17,9 +17,9 @@ from .decoder_api import (
     is_official_call,
     select_by_iou,
 )
-from .features import ImageFeatures
+from ...contracts.features import ImageFeatures
+from ..sam.mask_decoder import SAM_MODULES, ComposedDecoder, MaskDecoder, prefixes
 from .hq_token import HQ_MODULES, HQTokenFusion
-from .mask_decoder import SAM_MODULES, ComposedDecoder, MaskDecoder, prefixes
 
 
 class HQMaskDecoder(ComposedDecoder):
@@ -30,7 +30,7 @@ class HQMaskDecoder(ComposedDecoder):
     Without ``sam``, the official ``MaskDecoderHQ`` keywords (``transformer_dim``,
     ``transformer``, ``num_multimask_outputs``, ``iou_head_depth``, ``iou_head_hidden_dim``)
     build SAM's part. ``state_dict()`` and the attributes speak the official names
-    (:class:`~finesam.modeling.mask_decoder.ComposedDecoder`).
+    (:class:`~finesam.modeling.decoders.sam.mask_decoder.ComposedDecoder`).
     """
 
     capabilities: ClassVar[DecoderCapabilities] = DecoderCapabilities(

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.activations import gelu_
-from ..ops.bands import BAND_ROWS, conv_pair_by_bands
-from ..ops.inference import eager_inference
-from .common import LayerNorm2d
-from .features import ImageFeatures
+from ...ops.activations import gelu_
+from ...ops.bands import BAND_ROWS, conv_pair_by_bands
+from ...ops.inference import eager_inference
+from ..common import LayerNorm2d
+from ..contracts.features import ImageFeatures
 
 
 class Conv2dBN(nn.Sequential):

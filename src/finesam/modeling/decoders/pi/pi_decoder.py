@@ -8,11 +8,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
-from .features import ImageFeatures
+from ...contracts.decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
+from ...contracts.features import ImageFeatures
+from ..hq.hq_token import HQ_MODULES, HQTokenFusion
+from ..sam.mask_decoder import SAM_MODULES, ComposedDecoder, MaskDecoder, prefixes
 from .high_res_head import HIGH_RES_MODULES, HighResHead
-from .hq_token import HQ_MODULES, HQTokenFusion
-from .mask_decoder import SAM_MODULES, ComposedDecoder, MaskDecoder, prefixes
 from .object_embedder import OBJECT_DIM
 from .pi_interactor import PreciseInteractor
 
@@ -25,7 +25,7 @@ class PiMaskDecoder(ComposedDecoder):
     Parts: ``sam`` (SAM's decoder), ``hq`` (HQ token and fusion), ``high_res``
     (:class:`HighResHead`), ``interactor`` (:class:`PreciseInteractor`); the official keys
     map onto them (``interact_2`` is the interactor). ``state_dict()`` and the attributes speak
-    the official ``MaskDecoderAE`` names (:class:`~finesam.modeling.mask_decoder.ComposedDecoder`).
+    the official ``MaskDecoderAE`` names (:class:`~finesam.modeling.decoders.sam.mask_decoder.ComposedDecoder`).
     """
 
     capabilities: ClassVar[DecoderCapabilities] = DecoderCapabilities(

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.inference import eager_inference
-from .common import LayerNorm2d, MLPBlock
-from .features import ImageFeatures
+from ...ops.inference import eager_inference
+from ..common import LayerNorm2d, MLPBlock
+from ..contracts.features import ImageFeatures
 
 
 class PatchEmbed(nn.Module):
