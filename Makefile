@@ -83,12 +83,13 @@ tool-venvs:
 test-setup:
 	@$(MAKE) --no-print-directory -j6 $(STAMP) $(RUNTIME_STAMP) chromium ls-venv anylabeling-venvs
 
-# The runtime-only install check, then pytest (whose summary closes the output); fails if either fails.
-# Two pytest workers (pytest-xdist): most slow tests wait on subprocesses that use one core each.
+# The installs and the runtime-only install check side by side (the check runs while the larger
+# venvs still install), then pytest (whose summary closes the output); fails if either fails.
+# Two pytest workers (pytest-xdist), work-stealing: the slow tests are spread evenly over both.
 TEST_WORKERS ?= 2
-test: test-setup
-	@status=0; $(MAKE) --no-print-directory check-runtime || status=$$?; \
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests || status=$$?; \
+test:
+	@status=0; $(MAKE) --no-print-directory -j6 -k $(STAMP) check-runtime chromium ls-venv anylabeling-venvs || status=$$?; \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=40 tests || status=$$?; \
 	exit $$status
 
 # Runtime-only install: a separate venv with torch and `pip install .` (no extras), checked by

@@ -15,9 +15,11 @@ from parity import assert_outputs_close, compare_predictors
 sam_hq = pytest.importorskip("segment_anything_hq")
 
 CASES = {
+    # reduced: ViT-L with two global blocks (HQ's early feature is the first one's), ViT-H with a
+    # windowed and a global block at its width; the full ViT-B has both kinds at every position
     "vit_b_full": ("hq_vit_b", (768, 12, 12, [2, 5, 8, 11]), {}),
-    "vit_l_reduced": ("hq_vit_l", (1024, 4, 16, [1, 3]), dict(depth=4, global_attn_indexes=(1, 3))),
-    "vit_h_reduced": ("hq_vit_h", (1280, 3, 16, [1, 2]), dict(depth=3, global_attn_indexes=(1, 2))),
+    "vit_l_reduced": ("hq_vit_l", (1024, 2, 16, [0, 1]), dict(depth=2, global_attn_indexes=(0, 1))),
+    "vit_h_reduced": ("hq_vit_h", (1280, 2, 16, [1]), dict(depth=2, global_attn_indexes=(1,))),
     "vit_tiny": ("hq_vit_tiny", None, {}),
 }
 

@@ -22,10 +22,12 @@ def official_sam(embed_dim: int, depth: int, heads: int, global_indexes: list[in
 
 
 CASES = {
+    # reduced: ViT-L with two global blocks (HQ's early feature is the first one's), ViT-H with a
+    # windowed and a global block at its width; the full ViT-B has both kinds at every position
     # name: (registry name, official builder args, encoder overrides for a depth-reduced model)
     "vit_b_full": ("sam_vit_b", (768, 12, 12, [2, 5, 8, 11]), {}),
-    "vit_l_reduced": ("sam_vit_l", (1024, 4, 16, [1, 3]), dict(depth=4, global_attn_indexes=(1, 3))),
-    "vit_h_reduced": ("sam_vit_h", (1280, 3, 16, [1, 2]), dict(depth=3, global_attn_indexes=(1, 2))),
+    "vit_l_reduced": ("sam_vit_l", (1024, 2, 16, [0, 1]), dict(depth=2, global_attn_indexes=(0, 1))),
+    "vit_h_reduced": ("sam_vit_h", (1280, 2, 16, [1]), dict(depth=2, global_attn_indexes=(1,))),
 }
 
 

@@ -77,7 +77,7 @@ PAIRS = st.lists(
 )
 
 
-@settings(max_examples=examples(80), deadline=None, derandomize=True, database=None,
+@settings(max_examples=examples(40), deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     pairs=PAIRS,

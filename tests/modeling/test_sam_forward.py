@@ -3,6 +3,8 @@ segment_anything and segment_anything_hq; gradients reach the trainable paramete
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -63,13 +65,46 @@ def images():
     return _images()
 
 
-@pytest.mark.parametrize("multimask", [False, True])
-def test_sam_forward_matches_official(images, multimask, tmp_path):
+def encode_each_batch_once(encoder: torch.nn.Module) -> torch.nn.Module:
+    """Memoize an image encoder by its input: the forward tests check batching, prompt routing and
+    outputs in several modes, and the encoders' parity is tested elsewhere."""
+    encoded, encode = {}, encoder.forward
+
+    def forward(images, *args, **kwargs):
+        key = (hashlib.sha1(images.detach().numpy().tobytes()).hexdigest(), repr(args), repr(kwargs))
+        if key not in encoded:
+            encoded[key] = encode(images, *args, **kwargs)
+        return encoded[key]
+
+    encoder.forward = forward
+    return encoder
+
+
+@pytest.fixture(scope="module")
+def sam_pair(tmp_path_factory):
     from segment_anything.build_sam import _build_sam
 
     torch.manual_seed(5)
     official = randomize_(_build_sam(*OFFICIAL_ARGS), 5)
-    ours = finesam.load(REGISTRY["sam_vit_b"].with_encoder(**OVERRIDES), save_state(official, tmp_path / "sam.pth"))
+    ours = finesam.load(REGISTRY["sam_vit_b"].with_encoder(**OVERRIDES), save_state(official, tmp_path_factory.mktemp("sam") / "sam.pth"))
+    encode_each_batch_once(official.image_encoder), encode_each_batch_once(ours.image_encoder)
+    return official, ours
+
+
+@pytest.fixture(scope="module")
+def hq_pair(tmp_path_factory):
+    from segment_anything_hq.build_sam import _build_sam
+
+    torch.manual_seed(6)
+    official = randomize_(_build_sam(*OFFICIAL_ARGS), 6)
+    ours = finesam.load(REGISTRY["hq_vit_b"].with_encoder(**OVERRIDES), save_state(official, tmp_path_factory.mktemp("hq") / "hq.pth"))
+    encode_each_batch_once(official.image_encoder), encode_each_batch_once(ours.image_encoder)
+    return official, ours
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+def test_sam_forward_matches_official(images, multimask, sam_pair):
+    official, ours = sam_pair
     batch = batched_input(images)
     with torch.no_grad():
         expected = official(batch, multimask_output=multimask)
@@ -79,12 +114,8 @@ def test_sam_forward_matches_official(images, multimask, tmp_path):
 
 
 @pytest.mark.parametrize("hq_token_only", [False, True])
-def test_hq_forward_matches_official(images, hq_token_only, tmp_path):
-    from segment_anything_hq.build_sam import _build_sam
-
-    torch.manual_seed(6)
-    official = randomize_(_build_sam(*OFFICIAL_ARGS), 6)
-    ours = finesam.load(REGISTRY["hq_vit_b"].with_encoder(**OVERRIDES), save_state(official, tmp_path / "hq.pth"))
+def test_hq_forward_matches_official(images, hq_token_only, hq_pair):
+    official, ours = hq_pair
     batch = batched_input(images)
     with torch.no_grad():
         expected = official(batch, multimask_output=False, hq_token_only=hq_token_only)

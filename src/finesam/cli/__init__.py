@@ -1,7 +1,8 @@
 """Command line: ``finesam segment``, ``eval``, ``train``, ``serve``, ``export`` and ``label-studio``
 (one module each, named after the command; ``label-studio`` is :mod:`finesam.cli.label_studio`),
 and ``make demo`` (:mod:`finesam.cli.demo`). The options of the model to load and its loading are
-shared from :mod:`finesam.cli.model_options`. Each command imports what needs an optional extra
+shared from :mod:`finesam.cli.model_options`, the HTTP commands' address, port and cache from
+:mod:`finesam.cli.http_options`. Each command imports what needs an optional extra
 only when it runs. Every refusal is one line on stderr and exit code 2, naming the options where
 the library names parameters (:func:`command_line_message`); an interruption exits 130."""
 

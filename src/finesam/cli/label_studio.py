@@ -17,6 +17,7 @@ from ..devices import resolve_device
 from ..errors import InvalidInputError
 from ..optional import require
 from ..registry import get_spec
+from .http_options import add_http_options, check_http_options, shown_address
 from .model_options import add_model_options, check_model_options, load_model
 
 EPILOG = """\
@@ -48,10 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="require HTTP basic auth with this user (default $BASIC_AUTH_USER)")
     parser.add_argument("--basic-auth-pass", default=os.environ.get("BASIC_AUTH_PASS"),
                         help="and this password (default $BASIC_AUTH_PASS)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=9090, help="port (default 9090)")
-    parser.add_argument("--cache-mb", type=float, default=1024,
-                        help="memory for image features, least recently used dropped first (default 1024 MB)")
+    add_http_options(parser, default_port=9090)
     parser.add_argument("--max-image-mb", type=float, default=100, help="largest image download (default 100 MB)")
     return parser
 
@@ -72,10 +70,7 @@ def _label_studio_host():
 
 def run(args: argparse.Namespace) -> int:
     """Run ``finesam label-studio`` until interrupted; returns the exit code."""
-    if not 0 < args.port < 65536:
-        raise InvalidInputError(f"--port must be 1..65535, got {args.port}")
-    if not args.cache_mb >= 0 or not args.max_image_mb > 0:
-        raise InvalidInputError(f"--cache-mb must be >= 0 and --max-image-mb > 0, got {args.cache_mb} and {args.max_image_mb}")
+    check_http_options(args, size_limit_option="--max-image-mb", size_limit=args.max_image_mb)
     if bool(args.basic_auth_user) != bool(args.basic_auth_pass):
         raise InvalidInputError("give both --basic-auth-user and --basic-auth-pass (or $BASIC_AUTH_USER and $BASIC_AUTH_PASS), or neither")
     if args.points_per_side < 1:
@@ -105,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and basic_auth is None:
         print(f"WARNING: bound to {args.host} without --basic-auth-user/--basic-auth-pass: anyone who can reach this "
               "address can use the model and make it download from Label Studio with its token", file=sys.stderr)
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"finesam label-studio: {args.model} on http://{shown}:{args.port} (connect it in Label Studio's project "
+    print(f"finesam label-studio: {args.model} on http://{shown_address(args.host, args.port)} (connect it in Label Studio's project "
           "settings > Model; Ctrl+C to stop)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -9,10 +9,10 @@ import argparse
 import sys
 
 from ..devices import resolve_device
-from ..errors import InvalidInputError
 from ..modeling.contracts.decoder_api import HQ_OUTPUTS
 from ..optional import require
 from ..registry import get_spec
+from .http_options import add_http_options, check_http_options, shown_address
 from .model_options import add_model_options, check_model_options, load_model
 
 
@@ -22,10 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_model_options(parser, random_weights_check="checks the tool")
     parser.add_argument("--images", metavar="DIR",
                         help="a folder of images to annotate; annotations are written to DIR/finesam-annotations/ (resumable)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--cache-mb", type=float, default=1024,
-                        help="memory for image features, least recently used dropped first (default 1024 MB)")
+    add_http_options(parser, default_port=8000)
     parser.add_argument("--max-upload-mb", type=float, default=50, help="largest upload accepted (default 50 MB)")
     parser.add_argument("--hq-output", choices=HQ_OUTPUTS, help="HQ models: the initial output mode (changeable in the page)")
     return parser
@@ -33,10 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``finesam serve`` until interrupted; returns the exit code."""
-    if not 0 < args.port < 65536:
-        raise InvalidInputError(f"--port must be 1..65535, got {args.port}")
-    if not args.cache_mb >= 0 or not args.max_upload_mb > 0:
-        raise InvalidInputError(f"--cache-mb must be >= 0 and --max-upload-mb > 0, got {args.cache_mb} and {args.max_upload_mb}")
+    check_http_options(args, size_limit_option="--max-upload-mb", size_limit=args.max_upload_mb)
     check_model_options(args)
     require("fastapi", "finesam serve", "serve")  # both refused before the model loads
     uvicorn = require("uvicorn", "finesam serve", "serve")
@@ -58,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"WARNING: bound to {args.host}: anyone who can reach this address can use the model and "
               "read and write the images folder; there is no login. Use --host 127.0.0.1 unless you mean it.",
               file=sys.stderr)
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"finesam serve: {args.model} on http://{shown}:{args.port}/ (Ctrl+C to stop)", flush=True)
+    print(f"finesam serve: {args.model} on http://{shown_address(args.host, args.port)}/ (Ctrl+C to stop)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
