@@ -56,6 +56,20 @@ def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.02) -> torch
     return module
 
 
+#: Relative to the largest magnitude: the eager-inference forms change rounding only (batch norm
+#: folded into convolution weights, products split by rows).
+INFERENCE_RELATIVE_TOL = 5e-5
+
+
+def assert_close_to_plain(eager: torch.Tensor, plain: torch.Tensor) -> None:
+    """An eager-inference form's result within :data:`INFERENCE_RELATIVE_TOL` of the plain graph's."""
+    plain = plain.detach()
+    assert eager.shape == plain.shape
+    scale = plain.abs().max().item()
+    assert scale > 0
+    assert (eager - plain).abs().max().item() <= INFERENCE_RELATIVE_TOL * scale
+
+
 def save_state(model: torch.nn.Module, path: Path) -> Path:
     """Save as the official files are: a flat state dict (persistent entries only)."""
     torch.save(model.state_dict(), path)

@@ -10,8 +10,8 @@ import torch
 
 import finesam
 from finesam.checkpoints import CheckpointError
+from finesam.modeling.decoders.sam.mask_decoder import MaskDecoder
 from finesam.registry import REGISTRY
-from finesam.modeling.mask_decoder import MaskDecoder
 
 from conftest import DATA
 

@@ -17,15 +17,15 @@ from torch import nn
 
 from .checkpoints import CheckpointFile, from_official_keys
 from .errors import InvalidInputError, UnknownModelError
-from .modeling.decoder_api import DecoderCapabilities
-from .modeling.high_res_head import HighResHead, rgb_embedding
-from .modeling.hq_decoder import HQMaskDecoder
-from .modeling.image_encoder import ImageEncoderViT
-from .modeling.mask_decoder import MaskDecoder
-from .modeling.pi_decoder import PiMaskDecoder
+from .modeling.contracts.decoder_api import DecoderCapabilities
+from .modeling.decoders.hq.hq_decoder import HQMaskDecoder
+from .modeling.decoders.pi.high_res_head import HighResHead, rgb_embedding
+from .modeling.decoders.pi.pi_decoder import PiMaskDecoder
+from .modeling.decoders.sam.mask_decoder import MaskDecoder
+from .modeling.encoders.image_encoder import ImageEncoderViT
+from .modeling.encoders.tiny_vit import TinyViT
 from .modeling.prompt_encoder import PromptEncoder
 from .modeling.sam import Sam
-from .modeling.tiny_vit import TinyViT
 
 PI_RGB_SEED = 42
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from finesam.errors import InvalidInputError
+from finesam.modeling.contracts.decoder_api import ClickCorrectingDecoder, DecoderCapabilities, MaskDecoderInterface, OutputMode
 from finesam.onnx.export import DEFAULT_LAYOUT, GraphMode, _metadata, export_mode
-from finesam.modeling.decoder_api import ClickCorrectingDecoder, DecoderCapabilities, MaskDecoderInterface, OutputMode
 from finesam.registry import REGISTRY
 
 BUILT_IN = ("mobile_sam", "hq_vit_tiny", "pi_vit_b")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import finesam
-from finesam.modeling.features import ImageFeatures
+from finesam.modeling.contracts.features import ImageFeatures
 
 
 def _features(seed: int) -> ImageFeatures:

@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import finesam
-from finesam.modeling.common import channels_last_upscaling, transposed_conv_2x2
-from finesam.modeling.decoder_api import OutputMode
-from finesam.modeling.features import ImageFeatures
+from finesam.modeling.contracts.decoder_api import OutputMode
+from finesam.modeling.contracts.features import ImageFeatures
 
-from conftest import randomize_
-
-# Relative to the largest magnitude: the forms change rounding only (batch norm folded into
-# convolution weights, products split by rows).
-RELATIVE_TOL = 5e-5
+from conftest import assert_close_to_plain, randomize_
 
 
 def both_paths(fn):
@@ -32,26 +26,18 @@ def both_paths(fn):
     return eager, plain
 
 
-def assert_close(eager: torch.Tensor, plain: torch.Tensor) -> None:
-    plain = plain.detach()
-    assert eager.shape == plain.shape
-    scale = plain.abs().max().item()
-    assert scale > 0
-    assert (eager - plain).abs().max().item() <= RELATIVE_TOL * scale
-
-
 @pytest.mark.parametrize("batch", [1, 2])
 def test_tinyvit_banded_inference_equals_the_plain_graph(batch):
     model = finesam.load("mobile_sam", random_weights=True)
     encoder = randomize_(model.image_encoder, seed=3, scale=0.05).eval()  # batch norm statistics too
     image = torch.randn(batch, 3, 1024, 1024, generator=torch.Generator().manual_seed(batch))
     eager, plain = both_paths(lambda: encoder(image, keep_early=True))
-    assert_close(eager.embedding, plain.embedding)
-    assert_close(eager.early, plain.early)
+    assert_close_to_plain(eager.embedding, plain.embedding)
+    assert_close_to_plain(eager.early, plain.early)
     if batch == 2:  # bands and chunks never mix images
         with torch.no_grad():
             alone = encoder(image[1:], keep_early=False)
-        assert_close(alone.embedding[0], plain.embedding[1])
+        assert_close_to_plain(alone.embedding[0], plain.embedding[1])
 
 
 def test_tinyvit_in_training_mode_keeps_batch_statistics():
@@ -60,31 +46,7 @@ def test_tinyvit_in_training_mode_keeps_batch_statistics():
     encoder = randomize_(finesam.load("mobile_sam", random_weights=True).image_encoder, seed=4, scale=0.05).train()
     image = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(9))
     eager, plain = both_paths(lambda: encoder(image, keep_early=False))
-    assert_close(eager.embedding, plain.embedding)
-
-
-@pytest.mark.parametrize("shape,bias", [((1, 64, 64, 256), True), ((3, 5, 7, 16), False), ((2, 1, 9, 8), True)])
-def test_transposed_conv_2x2_equals_conv_transpose(shape, bias):
-    generator = torch.Generator().manual_seed(sum(shape))
-    conv = nn.ConvTranspose2d(shape[-1], max(1, shape[-1] // 2), kernel_size=2, stride=2, bias=bias)
-    with torch.no_grad():
-        for tensor in conv.parameters():
-            tensor.copy_(torch.randn(tensor.shape, generator=generator))
-        x = torch.randn(shape, generator=generator)
-        ours = transposed_conv_2x2(x, conv)
-        reference = conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    assert ours.is_contiguous()
-    assert_close(ours, reference)
-
-
-def test_channels_last_upscaling_equals_the_sequential():
-    decoder = randomize_(finesam.load("mobile_sam", random_weights=True).mask_decoder, seed=5, scale=0.2)
-    src = torch.randn(2, 256, 64, 64, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ours = channels_last_upscaling(decoder.output_upscaling, src)
-        reference = decoder.output_upscaling(src)
-    assert ours.shape == (2, 32, 256, 256) and ours.is_contiguous(memory_format=torch.channels_last)
-    assert_close(ours, reference)
+    assert_close_to_plain(eager.embedding, plain.embedding)
 
 
 def random_features(model, name: str, generator: torch.Generator) -> ImageFeatures:
@@ -107,8 +69,8 @@ def test_decoders_inference_equals_the_plain_graph(name):
     boxes = torch.tensor([[100.0, 150.0, 700.0, 800.0], [20.0, 30.0, 400.0, 300.0]])
     mode = OutputMode(multimask=False)
     eager, plain = both_paths(lambda: model.decode(features, None, boxes, None, mode))
-    assert_close(eager.logits, plain.logits)
-    assert_close(eager.scores, plain.scores)
+    assert_close_to_plain(eager.logits, plain.logits)
+    assert_close_to_plain(eager.scores, plain.scores)
     if model.capabilities.corrects_clicks:
         points = torch.tensor([[[0.3, 0.4], [0.5, 0.5]], [[0.1, 0.2], [0.2, 0.1]]])
         flags = torch.tensor([[1, 0], [1, 1]])
@@ -116,7 +78,7 @@ def test_decoders_inference_equals_the_plain_graph(name):
             eager_fix = model.correct(eager.state, points, flags)
         with torch.enable_grad():
             plain_fix = model.correct(plain.state, points, flags)
-        assert_close(eager_fix.logits, plain_fix.logits)
+        assert_close_to_plain(eager_fix.logits, plain_fix.logits)
 
 
 def test_forward_hooks_see_each_module_call_once():

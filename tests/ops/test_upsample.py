@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import finesam
-from finesam.modeling.features import ImageFeatures
+from finesam.modeling.contracts.features import ImageFeatures
 from finesam.ops import upsample
 from finesam.ops.upsample import height_weights, upsample_to_masks
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import finesam
+from finesam.modeling.contracts.decoder_api import DecoderOutput, OutputMode
 from finesam.predict import amg_utils
 from finesam.predict.automatic_mask_generator import AutomaticMaskGenerator
 from finesam.registry import REGISTRY
-from finesam.modeling.decoder_api import DecoderOutput, OutputMode
 
 from conftest import randomize_, save_state
 

@@ -23,7 +23,7 @@ from server_helpers import make_app, reference_session, runs_to_mask, shared_cac
 from fastapi.testclient import TestClient  # noqa: E402  (server_helpers skips without fastapi)
 
 from finesam import cli  # noqa: E402
-from finesam.modeling.features import ImageFeatures  # noqa: E402
+from finesam.modeling.contracts.features import ImageFeatures  # noqa: E402
 from finesam.server.app import is_loopback  # noqa: E402
 from finesam.server.cache import FeatureCache, features_nbytes  # noqa: E402
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from finesam.errors import InvalidInputError
-from finesam.modeling.prompt_checks import check_click_points
+from finesam.modeling.contracts.prompt_checks import check_click_points
 from finesam.predict.transforms import ResizeLongestSide
 from finesam.train.clicks import simulate_correction_clicks
 

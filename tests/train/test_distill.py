@@ -32,11 +32,11 @@ from .test_engine import free_port
 # Builds and registers the small student and teacher; run here and in the subprocesses' runner.
 SMALL_MODELS = """
 import finesam
-from finesam.modeling.image_encoder import ImageEncoderViT
-from finesam.modeling.mask_decoder import MaskDecoder
+from finesam.modeling.decoders.sam.mask_decoder import MaskDecoder
+from finesam.modeling.encoders.image_encoder import ImageEncoderViT
+from finesam.modeling.encoders.tiny_vit import TinyViT
 from finesam.modeling.prompt_encoder import PromptEncoder
 from finesam.modeling.sam import Sam
-from finesam.modeling.tiny_vit import TinyViT
 from finesam.registry import REGISTRY, ModelSpec
 
 SIZE = 128

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import finesam
 from finesam.checkpoints import to_official_keys
-from finesam.modeling.decoder_api import OutputMode
+from finesam.modeling.contracts.decoder_api import OutputMode
 from finesam.train.data import Augmentation, TrainingSet, collate_samples, sample_rng
 from finesam.train.engine import set_trainable
 from finesam.train.prompts import draw_prompt

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from finesam.errors import InvalidInputError
-from finesam.modeling.prompt_checks import check_model_prompts
+from finesam.modeling.contracts.prompt_checks import check_model_prompts
 from finesam.train.prompts import PROMPT_KINDS, choose_kind, draw_prompt, incoherent_region, noisy_mask_input, positive_points, tight_box
 
 

@@ -25,7 +25,7 @@ from ..errors import FinesamError, InvalidInputError
 from ..evaluation.protocols import PROTOCOLS, has_output_modes, make_protocol
 from ..evaluation.report import RANDOM_WEIGHTS_WARNING
 from ..evaluation.runner import MASKS_FOLDER, evaluate
-from ..modeling.decoder_api import HQ_OUTPUTS
+from ..modeling.contracts.decoder_api import HQ_OUTPUTS
 from ..optional import require
 from ..outputs import check_output_dir
 from ..predict.predictor import SamPredictor

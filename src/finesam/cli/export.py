@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from ..modeling.decoder_api import HQ_OUTPUTS
+from ..modeling.contracts.decoder_api import HQ_OUTPUTS
 from ..onnx.export import LAYOUTS, QUANTIZE
 from ..optional import require
 from ..outputs import check_output_dir

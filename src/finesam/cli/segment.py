@@ -22,7 +22,7 @@ from ..data.prompt_files import FORMATS_HELP, group_by_image, read_prompt_file
 from ..devices import resolve_device
 from ..distributed import init_distributed, process_device, shutdown
 from ..errors import InvalidInputError
-from ..modeling.decoder_api import HQ_OUTPUTS
+from ..modeling.contracts.decoder_api import HQ_OUTPUTS
 from ..outputs import LOSSY_SUFFIXES, check_output_dir
 from ..pipeline.folder import (
     OUTPUT_FORMATS,

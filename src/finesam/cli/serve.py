@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from ..devices import resolve_device
-from ..modeling.decoder_api import HQ_OUTPUTS
+from ..modeling.contracts.decoder_api import HQ_OUTPUTS
 from ..optional import require
 from ..registry import get_spec
 from .http_options import add_http_options, check_http_options, shown_address

@@ -47,7 +47,7 @@ import numpy as np
 from ..data import Sample
 from ..errors import InvalidInputError
 from ..metrics import iou
-from ..modeling.decoder_api import HQ_OUTPUTS
+from ..modeling.contracts.decoder_api import HQ_OUTPUTS
 from ..predict.predictor import SamPredictor
 from .prompts import (
     ERROR_KINDS,

@@ -11,11 +11,11 @@ from torch import nn
 
 from ..checkpoints.files import to_official_keys
 from ..errors import InvalidInputError
+from ..ops.inference import eager_inference
 from ..ops.upsample import upsample_to_masks
-from .common import eager_inference
-from .decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
-from .features import ImageFeatures
-from .prompt_checks import check_click_points, check_model_prompts
+from .contracts.decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
+from .contracts.features import ImageFeatures
+from .contracts.prompt_checks import check_click_points, check_model_prompts
 from .prompt_encoder import PromptEncoder
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -128,7 +128,7 @@ class Sam(nn.Module):
         logits. No prompt at all gives one prediction from the output tokens alone (B = 1), as
         the official models do, for decoders trained on points. Prompt kinds the decoder does
         not declare, and values that cannot give a finite mask (see
-        :func:`~finesam.modeling.prompt_checks.check_model_prompts`), are refused.
+        :func:`~finesam.modeling.contracts.prompt_checks.check_model_prompts`), are refused.
         """
         self.capabilities.check_prompt_kinds(points is not None, boxes is not None, mask_input is not None, allow_none=True)
         check_model_prompts(points, boxes, mask_input, self.image_size)

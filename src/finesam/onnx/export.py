@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
+from . import graphs
 from ..errors import InvalidInputError
-from ..modeling.decoder_api import OutputMode
+from ..modeling.contracts.decoder_api import OutputMode
 from ..modeling.sam import Sam
 from ..optional import require
 from ..outputs import check_output_dir, write_text_atomically
-from . import graphs
 
 METADATA_KEY = "finesam"
 FORMAT_VERSION = 2  # 2: SAM decoder graphs return the official 4 masks or its single-mask choice

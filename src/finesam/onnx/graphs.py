@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from ..modeling.decoder_api import CorrectionState, OutputMode
-from ..modeling.features import ImageFeatures
+from ..modeling.contracts.decoder_api import CorrectionState, OutputMode
+from ..modeling.contracts.features import ImageFeatures
 from ..modeling.prompt_encoder import PAD_LABEL
 from ..modeling.sam import Sam
 
@@ -26,7 +26,7 @@ POINT_INPUTS = ("point_coords", "point_labels")
 MASK_INPUTS = ("mask_input", "has_mask_input")
 SIZE_INPUT = "orig_im_size"
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
-# A correcting decoder's state (:class:`~finesam.modeling.decoder_api.CorrectionState`).
+# A correcting decoder's state (:class:`~finesam.modeling.contracts.decoder_api.CorrectionState`).
 STATE_OUTPUTS = ("object_embedding", "hq_token", "rgb_embedding")
 CLICK_INPUTS = ("click_coords", "click_labels")
 INTERM_EMBEDDINGS = "interm_embeddings"  # X-AnyLabeling's sam_hq name for the stacked early features

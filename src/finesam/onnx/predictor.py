@@ -21,13 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import graphs
 from ..errors import InvalidInputError
-from ..modeling.decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
-from ..modeling.features import ImageFeatures
-from ..modeling.prompt_checks import check_click_points, check_model_prompts
+from ..modeling.contracts.decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
+from ..modeling.contracts.features import ImageFeatures
+from ..modeling.contracts.prompt_checks import check_click_points, check_model_prompts
 from ..optional import require
 from ..predict.predictor import SamPredictor
-from . import graphs
 from .export import DECODER_FILE, DEFAULT_LAYOUT, ENCODER_FILE, FORMAT_VERSION, INTERACTOR_FILE, METADATA_KEY
 
 __all__ = ["OnnxPredictor", "ExportedModel"]

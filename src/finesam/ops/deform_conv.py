@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hooks import has_forward_hooks
+from .inference import eager_inference
 
 __all__ = ["deform_conv2d", "deform_conv2d_by_sampling", "DeformableConv2d"]
 
@@ -536,7 +536,7 @@ class DeformableConv2d(nn.Module):
         exporting = torch.onnx.is_in_onnx_export()
         if x.device.type == "cpu" and not exporting:  # (its copy loop would be traced as a constant)
             x = _nhwc(x).permute(0, 3, 1, 2)
-        if torch.is_grad_enabled() or exporting or has_forward_hooks(self.offset_conv) or has_forward_hooks(self.modulator_conv):
+        if exporting or not eager_inference(self.offset_conv, self.modulator_conv):
             offset = self.offset_conv(x)  # (B, 2*kh*kw, H_out, W_out)
             modulator = 2.0 * torch.sigmoid(self.modulator_conv(x))  # (B, kh*kw, H_out, W_out)
         else:

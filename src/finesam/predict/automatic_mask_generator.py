@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
-from ..modeling.decoder_api import OutputMode
+from ..modeling.contracts.decoder_api import OutputMode
 from ..modeling.sam import Sam
 from ..ops.nms import batched_nms
 from .amg_utils import (
@@ -80,7 +80,7 @@ class AutomaticMaskGenerator:
         output_mode: "binary_mask" ((H, W) bool arrays), "uncompressed_rle" or "coco_rle"
             (compressed, as pycocotools writes it; pycocotools is not needed).
         multimask_output: 3 masks per point for SAM models (HQ models: see
-            :class:`~finesam.modeling.decoder_api.OutputMode`).
+            :class:`~finesam.modeling.contracts.decoder_api.OutputMode`).
         hq_token_only / hq_output: HQ models only, as in :meth:`SamPredictor.predict`;
             ``hq_output="candidates"`` gives 3 HQ-refined masks per point.
         progress: show a tqdm progress bar over point batches.

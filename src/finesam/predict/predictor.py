@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from ..errors import CallOrderError, InvalidInputError
-from ..modeling.decoder_api import CorrectionState, DecoderCapabilities, OutputMode
-from ..modeling.features import ImageFeatures
-from ..modeling.prompt_checks import FRAME_MARGIN, VALID_LABELS, check_model_prompts
+from ..modeling.contracts.decoder_api import CorrectionState, DecoderCapabilities, OutputMode
+from ..modeling.contracts.features import ImageFeatures
+from ..modeling.contracts.prompt_checks import FRAME_MARGIN, VALID_LABELS, check_model_prompts
 from ..modeling.sam import Sam
 from .transforms import ResizeLongestSide
 
@@ -241,7 +241,7 @@ class SamPredictor:
         mask_input: (1, 256, 256) low-res logits from an earlier call.
         Returns masks (K, H, W) bool (float logits with ``return_logits``), scores (K,), low-res
         logits (K, 256, 256). K = 3 with ``multimask_output`` for SAM, 1 otherwise (HQ: see
-        :class:`~finesam.modeling.decoder_api.OutputMode`).
+        :class:`~finesam.modeling.contracts.decoder_api.OutputMode`).
         """
         self._require_image()
         coords, labels, boxes = (None if t is None else t.to(self.device)

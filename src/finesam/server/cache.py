@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..modeling.features import ImageFeatures
+from ..modeling.contracts.features import ImageFeatures
 
 
 def image_key(image: np.ndarray) -> str:

@@ -49,8 +49,8 @@ from ..errors import InvalidInputError
 from ..evaluation.prompts import mask_box
 from ..loading import build_seeded, load
 from ..metrics import iou
+from ..modeling.encoders.tiny_vit import TinyViT
 from ..modeling.sam import Sam
-from ..modeling.tiny_vit import TinyViT
 from ..predict.predictor import SamPredictor
 from ..registry import get_spec
 from .data import Augmentation, _open_source, sample_rng, torch_generator

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from ..checkpoints.files import save_atomically
 from ..distributed import DistributedContext, barrier, shard
 from ..errors import InvalidInputError
-from ..modeling.features import ImageFeatures
+from ..modeling.contracts.features import ImageFeatures
 from ..modeling.sam import Sam
 from ..outputs import write_text_atomically
 

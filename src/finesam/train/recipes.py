@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
-from ..modeling.decoder_api import DecoderCapabilities
+from ..modeling.contracts.decoder_api import DecoderCapabilities
 
 
 #: outputs a recipe can supervise (attributes of :class:`DecoderOutput`, or the image embedding)
@@ -21,7 +21,7 @@ class Recipe:
     Attributes:
         name: ``hq``, ``pi-stage1``, ``pi-stage2`` or ``distill``.
         parts: the decoder parts that learn, among those the decoder declares in ``new_parts``.
-        supervised: the :class:`~finesam.modeling.decoder_api.DecoderOutput` fields the loss
+        supervised: the :class:`~finesam.modeling.contracts.decoder_api.DecoderOutput` fields the loss
             reads, each against the 1024x1024 target: ``hq_logits`` (HQ's 256x256 HQ-only
             logits), ``low_res`` (256x256) and/or ``logits`` (1024x1024); or ``embedding``, the
             image encoder's (B, 256, 64, 64) output against a teacher's (distillation, see

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.decoder_api import DecoderOutput, OutputMode
-from ..modeling.features import ImageFeatures
+from ..modeling.contracts.decoder_api import DecoderOutput, OutputMode
+from ..modeling.contracts.features import ImageFeatures
 from ..modeling.sam import Sam
 from .clicks import GRID, simulate_correction_clicks
 from .data import sample_rng

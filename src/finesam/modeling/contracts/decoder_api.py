@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
 
 import torch
 
-from ..errors import InvalidInputError
+from ...errors import InvalidInputError
 from .features import ImageFeatures
 
 PROMPT_KINDS = ("points", "boxes", "masks")
@@ -64,7 +64,7 @@ class DecoderCapabilities:
     output_size: side of the logits it returns (256, or 1024 for a high-resolution head).
     corrects_clicks: whether it has ``correct(state, points, flags)`` (clicks on wrong areas
         of an earlier prediction, without decoding again).
-    encoder_features: extras it reads from :class:`~finesam.modeling.features.ImageFeatures`
+    encoder_features: extras it reads from :class:`~finesam.modeling.contracts.features.ImageFeatures`
         besides the embedding: "early" (the early encoder feature), "image" (the normalised
         padded input). The encoder keeps only these.
     """

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLPBlock, eager_inference
+from ....ops.inference import eager_inference
+from ...common import MLPBlock
 
 
 class Attention(nn.Module):

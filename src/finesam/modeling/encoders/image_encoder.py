@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock, eager_inference
-from .features import ImageFeatures
+from ...ops.attention import attention_by_query_rows
+from ...ops.inference import eager_inference
+from ..common import LayerNorm2d, MLPBlock
+from ..contracts.features import ImageFeatures
 
 
 class PatchEmbed(nn.Module):
@@ -22,11 +24,6 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).permute(0, 2, 3, 1)
-
-
-#: Queries per chunk at inference (``Attention._attend_by_query_rows``): 4 rows of the 64x64
-#: grid in global attention (a 50 MB bias buffer for ViT-B in float32); a 14x14 window is one chunk.
-_QUERY_CHUNK_TOKENS = 256
 
 
 def relative_position_table(table: torch.Tensor, size: int) -> torch.Tensor:
@@ -63,7 +60,8 @@ class Attention(nn.Module):
             bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.reshape(batch, self.num_heads, -1, height * width))
         else:
-            out = self._attend_by_query_rows(q, k, v, bias_h, bias_w)
+            # Inference: a few query rows at a time; the whole (B, heads, N, N) bias is never made.
+            out = attention_by_query_rows(q, k, v, bias_h, bias_w)
         out = out.transpose(1, 2).reshape(batch, height, width, channels)
         return self.proj(out)
 
@@ -78,25 +76,6 @@ class Attention(nn.Module):
         bias_h = torch.einsum("bhwc,hkc->bhwk", r_q, rel_h.to(q.dtype))
         bias_w = torch.einsum("bhwc,wkc->bhwk", r_q, rel_w.to(q.dtype))
         return bias_h, bias_w
-
-    def _attend_by_query_rows(self, q, k, v, bias_h, bias_w) -> torch.Tensor:
-        """Inference: SDPA over a few query rows at a time, the bias of those rows built into one
-        reused contiguous buffer. In global attention the whole (B, heads, N, N) bias (805 MB in
-        float32 for ViT-B at 64x64 tokens) is never made, nor copied; same values."""
-        batch, heads, tokens, _ = q.shape
-        _, height, width, _ = bias_h.shape
-        rows = max(1, _QUERY_CHUNK_TOKENS // width)
-        out = torch.empty_like(q)
-        buffer = q.new_empty(batch * heads, rows, width, height, width)
-        for top in range(0, height, rows):
-            count = min(rows, height - top)
-            bias = buffer if count == rows else q.new_empty(batch * heads, count, width, height, width)
-            torch.add(bias_h[:, top:top + count, :, :, None], bias_w[:, top:top + count, :, None, :], out=bias)
-            queries = slice(top * width, (top + count) * width)
-            out[:, :, queries] = F.scaled_dot_product_attention(
-                q[:, :, queries], k, v, attn_mask=bias.view(batch, heads, count * width, tokens)
-            )
-        return out
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidInputError
-from .common import MLP, LayerNorm2d, activate_in_place, channels_last_upscaling, conv_pair_by_bands, eager_inference
-from .decoder_api import broadcast_to_prompts
-from .features import ImageFeatures
+from ....errors import InvalidInputError
+from ....ops.activations import activate_in_place
+from ....ops.bands import conv_pair_by_bands
+from ....ops.inference import eager_inference
+from ....ops.upscaling import channels_last_upscaling
+from ...common import MLP, LayerNorm2d
+from ...contracts.decoder_api import broadcast_to_prompts
+from ...contracts.features import ImageFeatures
+from ..sam.mask_decoder import MaskDecoder
 
 # The part's modules, named as the official keys under ``mask_decoder.``.
 HQ_MODULES = ("hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature")
@@ -23,6 +30,15 @@ def upsample_x4(in_chans: int, mid_chans: int, out_chans: int) -> nn.Sequential:
         nn.GELU(),
         nn.ConvTranspose2d(mid_chans, out_chans, kernel_size=2, stride=2),
     )
+
+
+class HQStage(NamedTuple):
+    """SAM's decoder run with the HQ token: what the HQ and Pi decoders build their masks on."""
+
+    sam_masks: torch.Tensor  # (B, 4, 256, 256) logits of SAM's mask tokens
+    iou: torch.Tensor  # (B, 4) SAM's IoU predictions
+    hyper: torch.Tensor  # (B, 1, 32) the HQ token's hypernetwork weights
+    upscaled: torch.Tensor  # (B, 32, 256, 256) SAM's upscaled decoder feature
 
 
 class HQTokenFusion(nn.Module):
@@ -51,6 +67,19 @@ class HQTokenFusion(nn.Module):
     def token(self) -> torch.Tensor:
         """(1, 256) the HQ token, appended after SAM's mask tokens."""
         return self.hf_token.weight
+
+    def run_with(
+        self, sam: MaskDecoder, embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> HQStage:
+        """The two-way transformer on SAM's tokens and the HQ token, SAM's masks, and the HQ
+        token's hypernetwork weights.
+
+        embedding: (1 or B, 256, 64, 64); image_pe: (1, 256, 64, 64); sparse: (B, N, 256);
+        dense: (B, 256, 64, 64).
+        """
+        hs, src = sam.run_transformer(embedding, image_pe, sparse, dense, self.token)
+        sam_masks, iou, upscaled = sam.sam_masks(hs, src)
+        return HQStage(sam_masks, iou, self.hypernetwork(hs[:, 1 + sam.num_mask_tokens]), upscaled)
 
     def image_fusion(self, features: ImageFeatures) -> torch.Tensor:
         """Global-local fusion of the image: (B_img, 32, 256, 256), computed once per image."""

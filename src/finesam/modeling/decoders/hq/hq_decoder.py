@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from .decoder_api import (
+from ...contracts.decoder_api import (
     HQ_OUTPUTS,
     DecoderCapabilities,
     DecoderOutput,
@@ -17,9 +17,9 @@ from .decoder_api import (
     is_official_call,
     select_by_iou,
 )
-from .features import ImageFeatures
+from ...contracts.features import ImageFeatures
+from ..sam.mask_decoder import SAM_MODULES, ComposedDecoder, MaskDecoder, prefixes
 from .hq_token import HQ_MODULES, HQTokenFusion
-from .mask_decoder import SAM_MODULES, ComposedDecoder, MaskDecoder, prefixes
 
 
 class HQMaskDecoder(ComposedDecoder):
@@ -30,7 +30,7 @@ class HQMaskDecoder(ComposedDecoder):
     Without ``sam``, the official ``MaskDecoderHQ`` keywords (``transformer_dim``,
     ``transformer``, ``num_multimask_outputs``, ``iou_head_depth``, ``iou_head_hidden_dim``)
     build SAM's part. ``state_dict()`` and the attributes speak the official names
-    (:class:`~finesam.modeling.mask_decoder.ComposedDecoder`).
+    (:class:`~finesam.modeling.decoders.sam.mask_decoder.ComposedDecoder`).
     """
 
     capabilities: ClassVar[DecoderCapabilities] = DecoderCapabilities(
@@ -81,10 +81,8 @@ class HQMaskDecoder(ComposedDecoder):
         self, features: ImageFeatures, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """SAM logits (B, 4, 256, 256), their IoU (B, 4) and HQ logits (B, 1, 256, 256)."""
-        hs, src = self.sam.run_transformer(features.embedding, image_pe, sparse, dense, self.hq.token)
-        sam_masks, iou, upscaled = self.sam.sam_masks(hs, src)
-        hyper = self.hq.hypernetwork(hs[:, 1 + self.sam.num_mask_tokens])
-        return sam_masks, iou, hypernetwork_product(hyper, self.hq.fused_feature(upscaled, features))
+        stage = self.hq.run_with(self.sam, features.embedding, image_pe, sparse, dense)
+        return stage.sam_masks, stage.iou, hypernetwork_product(stage.hyper, self.hq.fused_feature(stage.upscaled, features))
 
     def decode(
         self,
@@ -138,9 +136,6 @@ class HQMaskDecoder(ComposedDecoder):
         """``segment_anything_hq``'s ``MaskDecoderHQ.predict_masks``: SAM's 4 masks and the HQ
         mask (B, 5, 256, 256) and SAM's IoU predictions (B, 4), for the image's fused
         ``hq_features`` (1 or B, 32, 256, 256)."""
-        hs, src = self.sam.run_transformer(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                           dense_prompt_embeddings, self.hq.token)
-        sam_masks, iou, upscaled = self.sam.sam_masks(hs, src)
-        hyper = self.hq.hypernetwork(hs[:, 1 + self.sam.num_mask_tokens])
-        fused = self.hq.embedding_maskfeature(upscaled) + broadcast_to_prompts(hq_features, upscaled.shape[0])
-        return torch.cat([sam_masks, hypernetwork_product(hyper, fused)], dim=1), iou
+        stage = self.hq.run_with(self.sam, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        fused = self.hq.embedding_maskfeature(stage.upscaled) + broadcast_to_prompts(hq_features, stage.upscaled.shape[0])
+        return torch.cat([stage.sam_masks, hypernetwork_product(stage.hyper, fused)], dim=1), stage.iou

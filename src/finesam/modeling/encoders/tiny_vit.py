@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import BAND_ROWS, LayerNorm2d, conv_pair_by_bands, eager_inference
-from .features import ImageFeatures
+from ...ops.activations import gelu_
+from ...ops.bands import BAND_ROWS, conv_pair_by_bands
+from ...ops.inference import eager_inference
+from ..common import LayerNorm2d
+from ..contracts.features import ImageFeatures
 
 
 class Conv2dBN(nn.Sequential):
@@ -64,11 +67,6 @@ def folded_inference(module: nn.Module) -> bool:
     into the convolutions and maps split in bands (in training mode batch norm normalises by
     the batch's statistics)."""
     return not module.training and eager_inference(module)
-
-
-def gelu_(x: torch.Tensor) -> torch.Tensor:
-    """GELU, in place in eager inference (one map less to allocate)."""
-    return torch.ops.aten.gelu_(x) if eager_inference() else F.gelu(x)
 
 
 class PatchEmbed(nn.Module):

@@ -8,11 +8,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
-from .features import ImageFeatures
+from ...contracts.decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
+from ...contracts.features import ImageFeatures
+from ..hq.hq_token import HQ_MODULES, HQTokenFusion
+from ..sam.mask_decoder import SAM_MODULES, ComposedDecoder, MaskDecoder, prefixes
 from .high_res_head import HIGH_RES_MODULES, HighResHead
-from .hq_token import HQ_MODULES, HQTokenFusion
-from .mask_decoder import SAM_MODULES, ComposedDecoder, MaskDecoder, prefixes
 from .object_embedder import OBJECT_DIM
 from .pi_interactor import PreciseInteractor
 
@@ -25,7 +25,7 @@ class PiMaskDecoder(ComposedDecoder):
     Parts: ``sam`` (SAM's decoder), ``hq`` (HQ token and fusion), ``high_res``
     (:class:`HighResHead`), ``interactor`` (:class:`PreciseInteractor`); the official keys
     map onto them (``interact_2`` is the interactor). ``state_dict()`` and the attributes speak
-    the official ``MaskDecoderAE`` names (:class:`~finesam.modeling.mask_decoder.ComposedDecoder`).
+    the official ``MaskDecoderAE`` names (:class:`~finesam.modeling.decoders.sam.mask_decoder.ComposedDecoder`).
     """
 
     capabilities: ClassVar[DecoderCapabilities] = DecoderCapabilities(
@@ -67,14 +67,13 @@ class PiMaskDecoder(ComposedDecoder):
         """B box prompts -> logits (B, 1, 1024, 1024), scores (B, 1), stage-1 logits
         (B, 1, 256, 256) as ``low_res``, and the state :meth:`correct` refines."""
         self.capabilities.check_mode(mode)
-        hs, src = self.sam.run_transformer(features.embedding, image_pe, sparse, dense, self.hq.token)
-        sam_masks, iou, upscaled = self.sam.sam_masks(hs, src)
-        hyper = self.hq.hypernetwork(hs[:, 1 + self.sam.num_mask_tokens])
-        low_res, object_embedding = self.high_res.object_embedding(self.hq.fused_feature(upscaled, features), hyper)
-        scores = iou[:, :1]
-        state = CorrectionState(object_embedding, hyper, self.high_res.rgb(features), low_res, scores)
+        stage = self.hq.run_with(self.sam, features.embedding, image_pe, sparse, dense)
+        fused = self.hq.fused_feature(stage.upscaled, features)
+        low_res, object_embedding = self.high_res.object_embedding(fused, stage.hyper)
+        scores = stage.iou[:, :1]
+        state = CorrectionState(object_embedding, stage.hyper, self.high_res.rgb(features), low_res, scores)
         logits = self.high_res.logits(object_embedding, state.rgb)
-        return DecoderOutput(logits, scores, low_res, sam_masks, iou, hq_logits=low_res, state=state)
+        return DecoderOutput(logits, scores, low_res, stage.sam_masks, stage.iou, hq_logits=low_res, state=state)
 
     def correct(
         self, state: CorrectionState, points: torch.Tensor, flags: torch.Tensor, padding: torch.Tensor | None = None

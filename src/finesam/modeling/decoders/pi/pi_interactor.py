@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP, LayerNorm2d
-from .prompt_encoder import PositionEmbeddingRandom
-from .transformer import Attention
+from ...common import MLP, LayerNorm2d
+from ...prompt_encoder import PositionEmbeddingRandom
+from ..sam.transformer import Attention
 
 BACKGROUND_FLAG = 0
 FOREGROUND_FLAG = 1

@@ -7,8 +7,8 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from .common import MLP, LayerNorm2d
-from .decoder_api import (
+from ...common import MLP, LayerNorm2d
+from ...contracts.decoder_api import (
     DecoderCapabilities,
     DecoderOutput,
     OutputMode,
@@ -16,7 +16,7 @@ from .decoder_api import (
     hypernetwork_product,
     is_official_call,
 )
-from .features import ImageFeatures
+from ...contracts.features import ImageFeatures
 from .transformer import TwoWayTransformer
 
 # SAM's decoder modules; HQ and Pi decoders hold them under ``sam.``.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InvalidInputError
+from ...errors import InvalidInputError
 
 # Prompts may lie up to this many frames outside the model's frame (a detector box that
 # overshoots the image is fine; a point at 1e38 is not).

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.deform_conv import DeformableConv2d
-from .common import LayerNorm2d
+from ....ops.deform_conv import DeformableConv2d
+from ...common import LayerNorm2d
 
 OBJECT_DIM = 32
 

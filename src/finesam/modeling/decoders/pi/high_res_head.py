@@ -7,10 +7,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
-from .common import LayerNorm2d, eager_inference
-from .decoder_api import broadcast_to_prompts, hypernetwork_product
-from .features import ImageFeatures
+from ....errors import InvalidInputError
+from ....ops.inference import eager_inference
+from ...common import LayerNorm2d
+from ...contracts.decoder_api import broadcast_to_prompts, hypernetwork_product
+from ...contracts.features import ImageFeatures
 from .object_embedder import OBJECT_DIM, ObjectEmbedder
 
 # The part's modules, named as the official keys under ``mask_decoder.``.

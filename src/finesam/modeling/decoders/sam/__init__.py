@@ -1,0 +1,1 @@
+"""SAM's mask decoder and its two-way transformer."""
