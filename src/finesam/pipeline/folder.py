@@ -28,7 +28,6 @@ import glob
 import hashlib
 import json
 import math
-import os
 import re
 import sys
 from collections import defaultdict

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import nn
 
 from ...contracts.decoder_api import CorrectionState, DecoderCapabilities, DecoderOutput, OutputMode
 from ...contracts.features import ImageFeatures
