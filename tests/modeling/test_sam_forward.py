@@ -80,26 +80,27 @@ def encode_each_batch_once(encoder: torch.nn.Module) -> torch.nn.Module:
     return encoder
 
 
+def official_and_ours(build_official, name: str, seed: int, folder) -> tuple:
+    """A seeded official depth-reduced ViT-B model and ours loaded from its file, each encoding a batch once."""
+    torch.manual_seed(seed)
+    official = randomize_(build_official(*OFFICIAL_ARGS), seed)
+    ours = finesam.load(REGISTRY[name].with_encoder(**OVERRIDES), save_state(official, folder / f"{name}.pth"))
+    encode_each_batch_once(official.image_encoder), encode_each_batch_once(ours.image_encoder)
+    return official, ours
+
+
 @pytest.fixture(scope="module")
 def sam_pair(tmp_path_factory):
     from segment_anything.build_sam import _build_sam
 
-    torch.manual_seed(5)
-    official = randomize_(_build_sam(*OFFICIAL_ARGS), 5)
-    ours = finesam.load(REGISTRY["sam_vit_b"].with_encoder(**OVERRIDES), save_state(official, tmp_path_factory.mktemp("sam") / "sam.pth"))
-    encode_each_batch_once(official.image_encoder), encode_each_batch_once(ours.image_encoder)
-    return official, ours
+    return official_and_ours(_build_sam, "sam_vit_b", 5, tmp_path_factory.mktemp("sam"))
 
 
 @pytest.fixture(scope="module")
 def hq_pair(tmp_path_factory):
     from segment_anything_hq.build_sam import _build_sam
 
-    torch.manual_seed(6)
-    official = randomize_(_build_sam(*OFFICIAL_ARGS), 6)
-    ours = finesam.load(REGISTRY["hq_vit_b"].with_encoder(**OVERRIDES), save_state(official, tmp_path_factory.mktemp("hq") / "hq.pth"))
-    encode_each_batch_once(official.image_encoder), encode_each_batch_once(ours.image_encoder)
-    return official, ours
+    return official_and_ours(_build_sam, "hq_vit_b", 6, tmp_path_factory.mktemp("hq"))
 
 
 @pytest.mark.parametrize("multimask", [False, True])
