@@ -153,4 +153,5 @@ def test_missing_checkpoint_unknown_protocol_and_other_refusals(tmp_path, capsys
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "run.json").write_text(json.dumps({"identity": {"protocol": "clicks"}, "datasets": {}}))
     assert cli.main(eval_args(tmp_path / "other", "--limit", "1")) == 2
-    assert "holds results of another run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds results of another run" in err and "pass another --out, or --overwrite" in err  # options, not parameters

@@ -162,7 +162,7 @@ def test_corrupt_image_is_reported_the_rest_written_and_the_run_resumes(photos, 
     assert code == 0 and len(encodings) == 2 * (len(STEMS) + 1)
 
     code, _, err = run([photos, *args, "--format", "png"], capsys)  # other settings: refused, not mixed
-    assert code == 2 and "--overwrite" in err
+    assert code == 2 and "pass --overwrite to redo every image, or choose another --out folder" in err
 
 
 def test_bad_prompts_are_skipped_before_encoding(photos, tmp_path, encodings, capsys):

@@ -19,7 +19,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 COMMANDS = ("segment", "eval", "train", "serve", "export", "label-studio")
 #: Library parameters whose option is not ``--`` + the name with dashes.
-OPTION_OF_PARAMETER = {"images_dir": "--images", "formats": "--format", "allowed_hosts": "--allow-host"}
+OPTION_OF_PARAMETER = {"images_dir": "--images", "formats": "--format", "allowed_hosts": "--allow-host", "out_dir": "--out",
+                       "datasets": "--data"}
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -160,7 +160,8 @@ class ResultStore:
             if header != self.columns:
                 raise InvalidInputError(
                     f"{self.csv_path} has other columns than this run ({len(header)} vs {len(self.columns)}): it "
-                    "comes from another protocol or version; use another --out or --overwrite"
+                    "comes from another protocol or version; use another `out_dir` or `overwrite`",
+                    parameters=("out_dir", "overwrite"),
                 )
             rows = []
             for fields in reader:

@@ -78,7 +78,8 @@ def _check_mask_folders(out_dir: Path, datasets: Sequence[FolderDataset]) -> Non
         name = dataset.name
         if not name.strip() or name in (".", "..") or any(c in name for c in "/\\:*?\"<>|"):
             raise InvalidInputError(f"data set name {name!r} cannot be a folder name under {MASKS_FOLDER}/ (for "
-                                    "saved masks); give --data a plain NAME=PATH (letters, digits, - _ .)")
+                                    "saved masks); give `datasets` a plain NAME=PATH (letters, digits, - _ .)",
+                                    parameters=("datasets",))
         check_output_dir(out_dir / MASKS_FOLDER / name, "masks folder")
 
 
@@ -96,12 +97,12 @@ def _prepare_run_dir(out_dir: Path, identity: dict, datasets: dict[str, str], ov
         if differing:
             shown = ", ".join(f"{k}: {previous['identity'].get(k)!r} -> {identity.get(k)!r}" for k in differing)
             raise RunMismatchError(f"{out_dir} holds results of another run ({shown}); "
-                                   "pass another --out, or --overwrite to start again")
+                                   "pass another `out_dir`, or `overwrite` to start again", parameters=("out_dir", "overwrite"))
         for name, path in datasets.items():
             old = previous.get("datasets", {}).get(name)
             if old is not None and old != path:
                 raise RunMismatchError(f"{out_dir}: data set {name!r} was {old} in the earlier run, now {path}; "
-                                       "use another NAME, another --out, or --overwrite")
+                                       "use another NAME, another `out_dir`, or `overwrite`", parameters=("out_dir", "overwrite"))
         datasets = {**previous.get("datasets", {}), **datasets}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_file, json.dumps({"identity": identity, "datasets": datasets}, indent=2) + "\n")

@@ -502,7 +502,7 @@ def check_resumable(out: Path, settings: BatchSettings, overwrite: bool, jobs: S
     if changed:
         raise InvalidInputError(
             f"{out} holds results of a run with other settings ({', '.join(changed)}); finishing it would mix "
-            "them: pass --overwrite to redo every image, or choose another --out folder"
+            "them: pass `overwrite` to redo every image, or choose another `out` folder", parameters=("overwrite", "out")
         )
 
 

@@ -309,7 +309,7 @@ def _train(config: TrainConfig, recipe: Recipe, device: torch.device, context: D
     if len(dataset) < batch_size * context.world_size:
         raise InvalidInputError(
             f"{len(dataset)} training images cannot fill one step of {batch_size} x {context.world_size} processes; "
-            "lower --batch-size or add data"
+            "lower `batch_size` or add data", parameters=("batch_size",)
         )
     if config.val:
         open_validation_sets(config.val)
@@ -499,7 +499,8 @@ def save_last(path: Path, model: Sam, optimizer: torch.optim.Optimizer, schedule
 
 def _damaged(path: Path, reason: str) -> InvalidInputError:
     return InvalidInputError(
-        f"cannot resume from {str(path)!r}: {reason}; move it away (or choose another --out) to start the run again"
+        f"cannot resume from {str(path)!r}: {reason}; move it away (or choose another `out`) to start the run again",
+        parameters=("out",)
     )
 
 
