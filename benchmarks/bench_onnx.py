@@ -55,16 +55,15 @@ def cpu_flags() -> str:
 
 def agreement_photos(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(image, ground-truth box xyxy (4,)) of every 80th ECSSD photo, ``count`` of them."""
-    from PIL import Image
+    from finesam.data.folders import read_mask
+    from finesam.evaluation.prompts import mask_box
 
     photos = []
     for number in range(1, 801, 80)[:count]:
         gt_path = DATA / "ecssd" / "gt" / f"{number:04d}.png"
         if not gt_path.exists():
             break
-        rows, columns = np.nonzero(np.asarray(Image.open(gt_path).convert("L")) > 128)
-        box = np.array([columns.min(), rows.min(), columns.max() + 1, rows.max() + 1], float)
-        photos.append((read_image(DATA / "ecssd" / "im" / f"{number:04d}.jpg"), box))
+        photos.append((read_image(DATA / "ecssd" / "im" / f"{number:04d}.jpg"), mask_box(read_mask(gt_path) > 128)))
     return photos
 
 

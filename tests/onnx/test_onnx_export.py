@@ -246,12 +246,12 @@ AGREEMENT_PHOTOS = [f"{number:04d}" for number in range(1, 801, 80)]  # every 80
 
 
 def ground_truth_box(name: str) -> np.ndarray:
-    """The xyxy box (4,) around an ECSSD photo's ground-truth object."""
+    """The xyxy box (4,) around an ECSSD photo's ground-truth object (as the box protocol takes it)."""
     from conftest import data_path
-    from PIL import Image
+    from finesam.data.folders import read_mask
+    from finesam.evaluation.prompts import mask_box
 
-    rows, columns = np.nonzero(np.asarray(Image.open(data_path("ecssd", "gt", f"{name}.png")).convert("L")) > 128)
-    return np.array([columns.min(), rows.min(), columns.max() + 1, rows.max() + 1], float)
+    return mask_box(read_mask(data_path("ecssd", "gt", f"{name}.png")) > 128)
 
 
 def test_int8_masks_agree_with_float32(sam_export, quantized_export):

@@ -10,6 +10,7 @@ resized to the image by the graphs themselves (``orig_im_size``). Needs the ``on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -51,6 +52,7 @@ PRECISE_INT8_OPTION = "session.x64quantprecision"
 _VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
+@functools.lru_cache(maxsize=None)  # the CPU does not change; every session asks
 def int8_saturates() -> bool:
     """Whether this CPU is x86 without VNNI (True where its flags cannot be read: the safe side)."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
