@@ -22,7 +22,7 @@ ANYLABELING_STAMP := $(ANYLABELING_VENV)/.installed
 X_ANYLABELING_VENV := .venv-xanylabeling
 X_ANYLABELING_STAMP := $(X_ANYLABELING_VENV)/.installed
 
-.PHONY: test test-setup demo venv bench clean check-runtime chromium ls-venv anylabeling-venvs tool-venvs
+.PHONY: test test-setup demo venv bench clean check-runtime chromium c-compiler ls-venv anylabeling-venvs tool-venvs
 
 venv: $(STAMP)
 
@@ -40,6 +40,14 @@ chromium:
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	} || echo "WARNING: could not install Debian's chromium: the browser test will skip"
+
+# A C compiler for tools/avx2_only.c (the int8 test on onnxruntime's AVX2 kernels builds it),
+# installed when missing; where it cannot be, that test skips and says why.
+c-compiler:
+	@command -v cc >/dev/null 2>&1 || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc libc6-dev; \
+	} || echo "WARNING: could not install a C compiler: the AVX2 int8 test will skip"
 
 ls-venv: $(LS_DATABASE)
 
@@ -81,14 +89,14 @@ tool-venvs:
 # Everything the tests need, installed side by side: pip spends most of its time waiting on the
 # package index and the disk, so five installs at once take little longer than the longest one.
 test-setup:
-	@$(MAKE) --no-print-directory -j6 $(STAMP) $(RUNTIME_STAMP) chromium ls-venv anylabeling-venvs
+	@$(MAKE) --no-print-directory -j6 $(STAMP) $(RUNTIME_STAMP) chromium c-compiler ls-venv anylabeling-venvs
 
 # The installs and the runtime-only install check side by side (the check runs while the larger
 # venvs still install), then pytest (whose summary closes the output); fails if either fails.
 # Two pytest workers (pytest-xdist), work-stealing: the slow tests are spread evenly over both.
 TEST_WORKERS ?= 2
 test:
-	@status=0; $(MAKE) --no-print-directory -j6 -k $(STAMP) check-runtime chromium ls-venv anylabeling-venvs || status=$$?; \
+	@status=0; $(MAKE) --no-print-directory -j6 -k $(STAMP) check-runtime chromium c-compiler ls-venv anylabeling-venvs || status=$$?; \
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=40 tests || status=$$?; \
 	exit $$status
 
