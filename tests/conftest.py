@@ -23,6 +23,25 @@ os.environ.setdefault("FINESAM_OFFLINE", "1")  # never try to download in tests
 torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
+def avx2_only_tool():
+    """tools/avx2_only.py as a module (it runs commands with AVX-512, VNNI and AMX hidden from
+    CPUID, so that onnxruntime runs its AVX2 kernels); skips the test where it cannot run or
+    where this CPU's own kernels are the AVX2 ones already."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("avx2_only", REPO / "tools" / "avx2_only.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    reason = tool.emulation_unavailable()
+    if reason:
+        pytest.skip(reason)
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    if "avx512f" not in flags:
+        pytest.skip("this CPU has no AVX-512: its own kernels are the AVX2 ones")
+    return tool
+
+
 def data_path(*parts: str) -> Path:
     path = DATA.joinpath(*parts)
     if not path.exists():

@@ -336,21 +336,12 @@ def test_int8_encoder_on_avx2_kernels(sam_export, quantized_export, real_image, 
     CPUID checks) the int8 encoder with the option OnnxPredictor sets there is as close to the
     float32 features as int8 is on this CPU's own kernels (measured: mean error 0.0229 against
     0.0233); without the option the saturating products make it 12x worse (0.294)."""
-    import importlib.util
     import subprocess
     import sys
-    from pathlib import Path
 
-    tool_path = Path(__file__).resolve().parents[2] / "tools" / "avx2_only.py"
-    spec = importlib.util.spec_from_file_location("avx2_only", tool_path)
-    avx2_only = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(avx2_only)
-    reason = avx2_only.emulation_unavailable()
-    if reason:
-        pytest.skip(reason)
-    flags = set(next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")))
-    if "avx512f" not in flags:
-        pytest.skip("this CPU has no AVX-512: its own kernels are the AVX2 ones (the test above covers them)")
+    from conftest import avx2_only_tool
+
+    avx2_only = avx2_only_tool()
     library = avx2_only.build_preload(tmp_path / "build")
     np.save(tmp_path / "image.npy", real_image)
     result = subprocess.run([sys.executable, "-c", AVX2_ENCODER_SCRIPT, str(sam_export), str(quantized_export),

@@ -202,9 +202,10 @@ def _kept_float(traced: Path) -> list[str]:
             and (not any(name in constants for name in node.input) or _FLOAT_MATMULS.search(node.name))]
 
 
-def _quantize(traced: Path) -> Path:
+def _quantize(traced: Path, unsigned_weights: bool) -> Path:
     """onnxruntime's dynamic int8 quantization of the encoder's weight MatMuls: weights int8 per
-    output channel, activations uint8 quantized at run time (``MatMulInteger``).
+    output channel (uint8 with ``unsigned_weights``), activations uint8 quantized at run time
+    (``MatMulInteger``).
 
     Chosen by measurement (seeded random weights, 10 ECSSD photos with their ground-truth boxes,
     mean IoU of the int8 masks with the float32 ones; set_image on a 2748x2658 photo, one thread,
@@ -219,14 +220,18 @@ def _quantize(traced: Path) -> Path:
       1.22x (ViT-B 1.39x); reduce_range (7-bit weights, the other remedy for the VPMADDUBSW
       saturation of CPUs without VNNI) 0.972. On those CPUs OnnxPredictor has onnxruntime multiply
       these weights exactly instead (``predictor.PRECISE_INT8_OPTION``).
+    - uint8 weights for the AnyLabeling layout: the tools open the graphs without that option,
+      and int8 weights saturate on CPUs without VNNI (mean IoU 0.80 under tools/avx2_only.py);
+      uint8 ones are exact on every CPU (0.983 there and on VNNI) for 8% of VNNI's speed.
     """
     quantization = require("onnxruntime.quantization", "quantize='int8'", "onnx")
     quantized = traced.with_name("quantized-" + traced.name)
     large = sum(path.stat().st_size for path in traced.parent.iterdir()) > EXTERNAL_DATA_BYTES  # ViT-H: weights beside
     with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")  # its advice to run its shape preprocessing first
+        weight_type = quantization.QuantType.QUInt8 if unsigned_weights else quantization.QuantType.QInt8
         quantization.quantize_dynamic(str(traced), str(quantized), op_types_to_quantize=["MatMul"], per_channel=True,
-                                      weight_type=quantization.QuantType.QInt8,
+                                      weight_type=weight_type,
                                       use_external_data_format=large, nodes_to_exclude=_kept_float(traced))
     return quantized
 
@@ -236,7 +241,7 @@ def _finish(traced: Path, final: Path, metadata: dict, external_data: bool | Non
     ``external_data`` None: only when its weights pass :data:`EXTERNAL_DATA_BYTES`."""
     onnx = require("onnx", "ONNX export", "onnx")
     if metadata["quantize"] and metadata["graph"] == "encoder":  # the decoders stay float32 (see _quantize)
-        traced = _quantize(traced)
+        traced = _quantize(traced, unsigned_weights=metadata["layout"] == "anylabeling")
     proto = onnx.load(str(traced), load_external_data=True)
     if external_data is None:
         external_data = sum(tensor.ByteSize() for tensor in proto.graph.initializer) > EXTERNAL_DATA_BYTES
