@@ -53,7 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                            "for AnyLabeling (SAM, MobileSAM) and X-AnyLabeling (HQ-SAM: its sam_hq model type)")
     onnx.add_argument("--quantize", choices=[value for value in QUANTIZE if value],
                       help="int8: onnxruntime's dynamic quantization of the encoder's weight MatMuls (a smaller, faster "
-                           "encoder on CPUs; the decoder stays float32)")
+                           "encoder on CPUs; the decoder stays float32; uint8 weights with --layout anylabeling, exact on "
+                           "CPUs without VNNI)")
     onnx.add_argument("--external-data", action="store_true",
                       help="keep the weights in DIR/NAME.onnx.data files (always done for graphs over 1.8 GB)")
     return export
