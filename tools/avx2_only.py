@@ -27,15 +27,20 @@ class EmulationUnavailable(RuntimeError):
     """This machine cannot hide CPU features (not x86-64 Linux, no CPUID faulting, no C compiler)."""
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's flags as /proc/cpuinfo lists them (the real ones: the emulation does not change them)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
 def emulation_unavailable() -> str | None:
     """Why AVX2-only emulation cannot run here, or None when it can."""
     if sys.platform != "linux" or os.uname().machine != "x86_64":
         return "AVX2-only emulation needs x86-64 Linux"
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        flags = []
+    flags = cpu_flags()
     if "cpuid_fault" not in flags:
         return "this CPU or kernel has no CPUID faulting (cpuid_fault is not in /proc/cpuinfo)"
     if "avx2" not in flags:
